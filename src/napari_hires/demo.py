@@ -5,26 +5,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-def open_demo_viewer(size: tuple[int, int] | None = None, *, show: bool = True) -> Any:
-    """A napari viewer with the synthetic slide and its ground-truth labels, framed on the whole slide."""
-    import napari
-
+def add_slide_layers(viewer: Any, size: tuple[int, int] | None = None, seed: int = 0) -> list[Any]:
+    """Add the synthetic slide (image) and its ground truth (hidden labels) to ``viewer``; returns the layers."""
     from napari_hires.io.synthetic import DEFAULT_SIZE, synthetic_slide
 
-    image, labels = synthetic_slide(size or DEFAULT_SIZE)
-    viewer = napari.Viewer(title="napari-hires demo", show=show)
+    image, labels = synthetic_slide(size or DEFAULT_SIZE, seed=seed)
+    layers = []
     for pyramid in (image, labels):
         for data, kwargs, layer_type in pyramid.layer_data():
             if layer_type == "labels":
                 kwargs = {**kwargs, "opacity": 0.4, "visible": False}
-            getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+            added = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+            layers.extend(added if isinstance(added, list) else [added])
     viewer.reset_view()
+    return layers
+
+
+def open_demo_viewer(size: tuple[int, int] | None = None) -> Any:
+    """A shown napari viewer with the synthetic slide, framed on the whole slide."""
+    import napari
+
+    viewer = napari.Viewer(title="napari-hires demo")
+    add_slide_layers(viewer, size)
     return viewer
 
 
 def save_screenshot(viewer: Any, path: str | Path) -> Path:
     """Render the canvas once and write it to ``path`` as PNG; refuses a blank frame."""
     import numpy as np
+    from PIL import Image
     from qtpy.QtWidgets import QApplication
 
     path = Path(path)
@@ -32,9 +41,10 @@ def save_screenshot(viewer: Any, path: str | Path) -> Path:
     # Let the multiscale slicer load the visible tiles before grabbing the frame.
     for _ in range(20):
         QApplication.processEvents()
-    frame = viewer.screenshot(str(path), canvas_only=True, flash=False)
+    frame = viewer.screenshot(canvas_only=True, flash=False)
     if np.ptp(frame[..., :3]) == 0:
         raise RuntimeError(f"the demo rendered a blank frame; no screenshot written to {path}")
+    Image.fromarray(frame).save(path)
     return path
 
 

@@ -1,0 +1,94 @@
+"""The synthetic slide in a real napari viewer under Xvfb: it renders, it zooms, and it never reads whole levels."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_hires.demo import add_slide_layers
+from napari_hires.io.synthetic import DEFAULT_SIZE, synthetic_slide
+
+# A few hundred chunks at most for any one step; a level 0 of the default slide has 65,536.
+CHUNK_BUDGET = 300
+
+
+def _settle(qtbot, viewer):
+    """Let napari's slicer react to the camera and draw, then return the canvas."""
+    for _ in range(4):
+        qtbot.wait(30)
+    return viewer.screenshot(canvas_only=True, flash=False)[..., :3]
+
+
+def _counting(level, counter: Counter, k: int):
+    """The same lazy level, counting every chunk that is computed, keyed by level."""
+
+    def count(block):
+        counter[k] += 1
+        return block
+
+    return level.map_blocks(count, dtype=level.dtype)
+
+
+def test_screenshots_at_three_zooms_and_two_places_differ(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    image_layer = add_slide_layers(viewer)[0]
+    h, w = DEFAULT_SIZE
+    frames, levels = [], []
+    for (cy, cx), zoom_to_level in itertools.product([(0.42, 0.38), (0.61, 0.57)], [None, 8.0, 1.0]):
+        viewer.reset_view()
+        if zoom_to_level is not None:
+            viewer.camera.zoom = 1.0 / zoom_to_level  # 1 screen pixel = zoom_to_level image pixels
+        viewer.camera.center = (cy * h, cx * w)
+        frames.append(_settle(qtbot, viewer))
+        levels.append(image_layer.data_level)
+    assert len(set(levels)) == 3 and min(levels) == 0, levels
+    for frame in frames:
+        assert frame.std() > 5, "a rendered frame is blank"
+    for a, b in itertools.combinations(range(len(frames)), 2):
+        diff = np.abs(frames[a].astype(float) - frames[b].astype(float)).mean()
+        assert diff > 2, f"views {a} and {b} look the same"
+
+
+def test_open_render_and_zoom_read_few_chunks(make_napari_viewer, qtbot):
+    image, labels = synthetic_slide()
+    reads: Counter = Counter()
+    levels = [_counting(lv, reads, k) for k, lv in enumerate(image.levels)]
+    level0_chunks = levels[0].npartitions
+
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(levels, multiscale=True, rgb=True)
+    opened = sum(reads.values())
+    assert opened <= CHUNK_BUDGET
+
+    reads.clear()
+    first = _settle(qtbot, viewer)
+    assert first.std() > 5
+    assert sum(reads.values()) <= CHUNK_BUDGET and reads[0] == 0
+
+    reads.clear()
+    h, w = image.yx_shape
+    viewer.camera.center = (0.3172 * h, 0.7719 * w)
+    viewer.camera.zoom = 1.0
+    full = _settle(qtbot, viewer)
+    assert layer.data_level == 0
+    assert full.std() > 5
+    assert 0 < reads[0] <= CHUNK_BUDGET < level0_chunks
+    assert sum(reads.values()) <= CHUNK_BUDGET
+
+
+@pytest.mark.slow
+def test_demo_command_writes_a_screenshot(tmp_path):
+    out = tmp_path / "demo.png"
+    result = subprocess.run(
+        ["napari-hires", "demo", "--screenshot", str(out), "--size", "20000", "30000"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    picture = np.asarray(Image.open(out))
+    assert picture.ndim == 3 and picture.shape[0] > 100 and picture.shape[1] > 100
+    assert picture[..., :3].std() > 5
