@@ -1,0 +1,15 @@
+"""HCT, MaxViT, MAXIM and xT in plain PyTorch, with task heads, a registry of named configurations and model files."""
+
+from napari_hires.models.base import Backbone, HiresModel, count_parameters, pad_to_multiple
+from napari_hires.models.registry import create_model, list_models, model_entry, register_model
+
+__all__ = [
+    "Backbone",
+    "HiresModel",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "model_entry",
+    "pad_to_multiple",
+    "register_model",
+]

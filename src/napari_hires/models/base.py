@@ -1,0 +1,84 @@
+"""What every napari-hires model promises the engine: its task, channels, input multiple, halo, and padding."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Task = Literal["segmentation", "classification", "restoration"]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the last two axes of ``x`` at the bottom/right to a multiple of ``multiple``; returns (padded, (h, w))."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        # reflect needs pad < size; fall back to replicate for tiny inputs
+        use = mode if (mode != "reflect" or (ph < h and pw < w)) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=use)
+    return x, (h, w)
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``forward_features`` returns one map per stage, finest first."""
+
+    feature_channels: list[int]
+    feature_strides: list[int]
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class HiresModel(nn.Module):
+    """Base of the product's models: ``forward`` pads any H x W to the model's multiple and crops back.
+
+    Subclasses implement ``forward_padded`` on inputs whose H and W are multiples of ``input_multiple`` and set:
+    ``task``, ``in_channels``, ``out_channels`` (classes, or image channels for restoration), ``input_multiple``,
+    ``receptive_field`` (pixels of input one output pixel depends on, roughly) and ``halo`` (recommended tile overlap
+    per side in input pixels for seam-free tiling), and keep their configuration dataclass in ``config``.
+    """
+
+    task: Task
+    in_channels: int
+    out_channels: int
+    input_multiple: int = 1
+    receptive_field: int = 0
+    halo: int = 0
+    config: Any = None
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects a (batch, {self.in_channels}, height, width) tensor, "
+                f"got shape {tuple(x.shape)}"
+            )
+        padded, (h, w) = pad_to_multiple(x, self.input_multiple)
+        out = self.forward_padded(padded)
+        if self.task == "classification":
+            return out
+        return out[..., :h, :w]
+
+    def describe(self) -> dict[str, Any]:
+        """The facts the engine and the model card need, as plain JSON-able values."""
+        return {
+            "architecture": type(self).__name__,
+            "task": self.task,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "input_multiple": self.input_multiple,
+            "receptive_field": self.receptive_field,
+            "halo": self.halo,
+            "config": asdict(self.config) if is_dataclass(self.config) else self.config,
+        }
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable and frozen parameters (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())

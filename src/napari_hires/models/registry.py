@@ -1,0 +1,89 @@
+"""Named model configurations: ``list_models()`` and ``create_model(name, **overrides)``, as in timm.
+
+Built-in families register themselves when their module is imported; third-party packages add models through the
+``napari_hires.models`` entry-point group (each entry point names a module or callable that registers on load).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Callable
+
+from napari_hires.errors import HiresError
+from napari_hires.models.base import HiresModel, Task
+
+ENTRY_POINT_GROUP = "napari_hires.models"
+_BUILTIN_FAMILIES = ("hct", "maxvit", "maxim", "xt")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered configuration: how to build it and what it is for."""
+
+    name: str
+    family: str
+    task: Task
+    builder: Callable[..., HiresModel]
+    description: str = ""
+    published: bool = False  # a configuration from the paper (vs. a small one for CPU demos and tests)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_loaded = False
+
+
+def register_model(name: str, *, family: str, task: Task, description: str = "", published: bool = False):
+    """Decorator for a builder ``(**overrides) -> HiresModel`` that registers it under ``name``."""
+
+    def wrap(builder: Callable[..., HiresModel]) -> Callable[..., HiresModel]:
+        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
+            raise HiresError(f"model name {name!r} is already registered by {_REGISTRY[name].family}")
+        _REGISTRY[name] = ModelEntry(name, family, task, builder, description, published)
+        return builder
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for family in _BUILTIN_FAMILIES:
+        try:
+            importlib.import_module(f"napari_hires.models.{family}")
+        except ModuleNotFoundError as err:
+            if err.name != f"napari_hires.models.{family}":
+                raise
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = ep.load()
+        if callable(loaded):
+            loaded()
+
+
+def list_models(pattern: str = "*", task: Task | None = None) -> list[str]:
+    """Sorted names of registered models matching a glob ``pattern`` (and ``task`` when given)."""
+    _ensure_loaded()
+    return sorted(
+        n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (task is None or e.task == task)
+    )
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``, or a clear error listing close names."""
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise HiresError(f"unknown model {name!r}.{hint} `napari_hires.models.list_models()` lists the known ones.")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **overrides) -> HiresModel:
+    """Build a fresh (randomly initialised) model by registered name; ``overrides`` change its configuration."""
+    return model_entry(name).builder(**overrides)
