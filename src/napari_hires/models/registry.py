@@ -85,5 +85,14 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, **overrides) -> HiresModel:
-    """Build a fresh (randomly initialised) model by registered name; ``overrides`` change its configuration."""
-    return model_entry(name).builder(**overrides)
+    """Build a fresh (randomly initialised) model by registered name; ``overrides`` change its configuration.
+
+    The model remembers its name and overrides so that :func:`save_model` can write a card that rebuilds it.
+    """
+    entry = model_entry(name)
+    try:
+        model = entry.builder(**overrides)
+    except TypeError as err:
+        raise HiresError(f"cannot build {name!r} with overrides {overrides}: {err}") from None
+    model.registry_name, model.registry_overrides = name, dict(overrides)
+    return model

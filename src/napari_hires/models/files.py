@@ -1,0 +1,137 @@
+"""Model files: ``NAME.safetensors`` (weights) beside ``NAME.json`` (the card). Nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from napari_hires.errors import HiresError
+from napari_hires.models.base import HiresModel
+from napari_hires.models.card import ModelCard
+from napari_hires.models.registry import create_model
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, card) for a path given as either file or as the stem."""
+    path = Path(path)
+    if path.suffix == ".json":
+        for suffix in WEIGHT_SUFFIXES:
+            if path.with_suffix(suffix).exists():
+                return path.with_suffix(suffix), path
+        return path.with_suffix(".safetensors"), path
+    if path.suffix in WEIGHT_SUFFIXES:
+        return path, path.with_suffix(".json")
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+def card_for(model: HiresModel, **fields) -> ModelCard:
+    """A card describing ``model`` as built by ``create_model``; ``fields`` fill or override card fields."""
+    name = getattr(model, "registry_name", None)
+    if name is None and "architecture" not in fields:
+        raise HiresError(
+            f"{type(model).__name__} was not built by napari_hires.models.create_model, so its card needs an "
+            "explicit architecture= (a registered model name)"
+        )
+    facts = model.describe()
+    card = ModelCard(
+        architecture=name,
+        task=model.task,
+        in_channels=model.in_channels,
+        out_channels=model.out_channels,
+        overrides=dict(getattr(model, "registry_overrides", {})),
+        input_multiple=facts["input_multiple"],
+        halo=facts["halo"],
+    )
+    for key, value in fields.items():
+        setattr(card, key, value)
+    return card
+
+
+def save_model(model: HiresModel, path: str | os.PathLike, card: ModelCard | None = None) -> Path:
+    """Write weights (safetensors) and card (JSON) atomically; returns the weights path."""
+    from safetensors.torch import save_file
+
+    weights, card_path = _paths(path)
+    if weights.suffix != ".safetensors":
+        raise HiresError(f"model files are saved as .safetensors, not {weights.suffix}: use {weights.with_suffix('.safetensors')}")
+    card = card or getattr(model, "card", None) or card_for(model)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp_w, tmp_c = weights.with_name(weights.name + ".partial"), card_path.with_name(card_path.name + ".partial")
+    save_file(tensors, str(tmp_w), metadata={"format": "pt", "architecture": card.architecture})
+    tmp_c.write_text(card.to_json())
+    os.replace(tmp_w, weights)
+    os.replace(tmp_c, card_path)
+    return weights
+
+
+def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(weights))
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise HiresError(f"{weights} is not a readable safetensors file ({err})") from None
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise HiresError(
+            f"refusing to load {weights}: it is not a plain tensor checkpoint loadable with weights_only=True "
+            f"({type(err).__name__}); napari-hires never unpickles code. Convert it to .safetensors in a trusted "
+            "environment."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HiresError(f"{weights} does not hold a state dict of tensors")
+    return state
+
+
+def load_weights(model: HiresModel, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model``, naming the first layer whose name or shape does not match."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise HiresError(
+            f"{source} does not match {type(model).__name__}: "
+            + (f"missing {len(missing)} tensors (first: {missing[0]})" if missing else "")
+            + ("; " if missing and unexpected else "")
+            + (f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})" if unexpected else "")
+            + ". Check that the card's architecture and overrides are those the weights were saved with."
+        )
+    for key, wanted in expected.items():  # model order, so the first layer named is the first that differs
+        if tuple(state[key].shape) != tuple(wanted.shape):
+            raise HiresError(
+                f"{source}: layer {key} has shape {tuple(state[key].shape)} in the file but the model expects "
+                f"{tuple(wanted.shape)}. Check the card's overrides (channels, classes, widths)."
+            )
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> HiresModel:
+    """Rebuild the model a card describes and load its weights; the card is attached as ``model.card``."""
+    weights, card_path = _paths(path)
+    if not weights.exists():
+        raise FileNotFoundError(f"no model weights at {weights}")
+    if not card_path.exists():
+        raise HiresError(
+            f"{weights} has no model card: expected {card_path}. A card (JSON) names the architecture, task and "
+            "channels; save models with napari_hires.models.save_model, or write the card beside the weights."
+        )
+    card = ModelCard.read(card_path)
+    model = create_model(card.architecture, **card.overrides)
+    if model.in_channels != card.in_channels or model.out_channels != card.out_channels:
+        raise HiresError(
+            f"{card_path} says {card.in_channels} input / {card.out_channels} output channels but "
+            f"{card.architecture} with overrides {card.overrides} has {model.in_channels} / {model.out_channels}; "
+            "put in_channels / num_classes in the card's overrides"
+        )
+    load_weights(model, _read_weights(weights), str(weights))
+    model.card = card
+    return model.to(device).eval()
