@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import distance_transform_edt
 
 from napari_hires.demo import add_slide_layers
 from napari_hires.io.synthetic import DEFAULT_SIZE, synthetic_slide
+
+#: console scripts of the environment running the tests (not necessarily on PATH)
+BIN = Path(sys.executable).parent
 
 # A few hundred chunks at most for any one step; a level 0 of the default slide has 65,536.
 CHUNK_BUDGET = 300
@@ -34,12 +40,24 @@ def _counting(level, counter: Counter, k: int):
     return level.map_blocks(count, dtype=level.dtype)
 
 
+def _tissue_places(labels_layer) -> list[tuple[float, float]]:
+    """Two places deep inside tissue (one per half of the slide), found on the coarsest labels level."""
+    coarse = np.asarray(labels_layer.data[-1])
+    depth = distance_transform_edt(coarse > 0)
+    half = coarse.shape[0] // 2
+    places = []
+    for part in (slice(0, half), slice(half, None)):
+        y, x = np.unravel_index(np.argmax(depth[part]), depth[part].shape)
+        places.append(((y + part.indices(coarse.shape[0])[0] + 0.5) / coarse.shape[0], (x + 0.5) / coarse.shape[1]))
+    return places
+
+
 def test_screenshots_at_three_zooms_and_two_places_differ(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
-    image_layer = add_slide_layers(viewer)[0]
+    image_layer, labels_layer = add_slide_layers(viewer)
     h, w = DEFAULT_SIZE
     frames, levels = [], []
-    for (cy, cx), zoom_to_level in itertools.product([(0.42, 0.38), (0.61, 0.57)], [None, 8.0, 1.0]):
+    for (cy, cx), zoom_to_level in itertools.product(_tissue_places(labels_layer), [None, 8.0, 1.0]):
         viewer.reset_view()
         if zoom_to_level is not None:
             viewer.camera.zoom = 1.0 / zoom_to_level  # 1 screen pixel = zoom_to_level image pixels
@@ -85,7 +103,7 @@ def test_open_render_and_zoom_read_few_chunks(make_napari_viewer, qtbot):
 def test_demo_command_writes_a_screenshot(tmp_path):
     out = tmp_path / "demo.png"
     result = subprocess.run(
-        ["napari-hires", "demo", "--screenshot", str(out), "--size", "20000", "30000"],
+        [str(BIN / "napari-hires"), "demo", "--screenshot", str(out), "--size", "20000", "30000"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -27,18 +27,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from napari_hires.io.synthetic import write_synthetic
+    from napari_hires.io.ome_zarr_writer import write_ome_zarr
+    from napari_hires.io.synthetic import synthetic_slide
 
-    write_synthetic(
+    image, labels = synthetic_slide(tuple(args.size), seed=args.seed, chunk=args.chunk, variant=args.variant)
+    out = write_ome_zarr(
+        image,
         args.output,
-        size=tuple(args.size),
-        seed=args.seed,
+        labels=None if args.no_labels else {"ground_truth": labels},
         chunk=args.chunk,
-        variant=args.variant,
-        labels=not args.no_labels,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
+    print(f"wrote a {args.size[0]} x {args.size[1]} synthetic slide ({args.variant}) to {out}")
     return 0
 
 
