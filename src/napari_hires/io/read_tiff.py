@@ -1,0 +1,132 @@
+"""TIFF, OME-TIFF and SVS pyramids through tifffile's zarr store (lazy), and PNG/JPEG (small, read at once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from napari_hires.errors import ImageReadError
+from napari_hires.io.pyramid import Pyramid
+from napari_hires.io.readers import image_contrast, lazy_level
+
+#: tifffile series axis letters -> ours; "S" (RGB samples) becomes a last "c" axis.
+_TIFF_AXES = {"T": "t", "C": "c", "Z": "z", "Y": "y", "X": "x", "S": "c"}
+#: Microns per unit of OME PhysicalSize*Unit.
+_UM_PER = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def open_tiff(path: Path) -> Pyramid:
+    """The first series of a TIFF/OME-TIFF/SVS, every resolution level a lazy dask array over tifffile's zarr store."""
+    import tifffile
+
+    tif = None
+    try:
+        tif = tifffile.TiffFile(path)
+        series = tif.series[0]
+        stores = [series.aszarr(level=i) for i in range(len(series.levels))]
+        arrays = [zarr.open_array(store=store, mode="r") for store in stores]
+    except Exception as err:  # tifffile raises many kinds (TiffFileError, IndexError, struct.error, ...)
+        if tif is not None:
+            tif.close()
+        raise ImageReadError(
+            f"{path}: not a readable TIFF ({type(err).__name__}: {err}). "
+            "The file may be truncated or damaged: copy or export it again."
+        ) from err
+    index, axes = _axes(series.axes, series.shape, path)
+    levels = [lazy_level(a, f"{path} (level {i})", keep=tif)[index] for i, a in enumerate(arrays)]
+    scale, units, channel_names = _physical(tif, axes, len(axes))
+    n_channels = levels[0].shape[axes.index("c")] if "c" in axes else 0
+    return Pyramid(
+        levels=levels,
+        axes=axes,
+        scale=scale,
+        translation=(0.0,) * len(axes),
+        name=_stem(path),
+        channel_names=channel_names if channel_names and len(channel_names) == n_channels else None,
+        contrast_limits=image_contrast(levels, axes, None),
+        units=units,
+        source=str(path),
+    )
+
+
+def _axes(tiff_axes: str, shape: tuple[int, ...], path: Path) -> tuple[tuple[Any, ...], str]:
+    """Index dropping singleton C/S and unknown axes, and our letters (other unknown axes become a free t or z)."""
+    index: list[Any] = []
+    letters = ""
+    for letter, size in zip(tiff_axes, shape):
+        ours = _TIFF_AXES.get(letter)
+        if size == 1 and (ours is None or letter in "CS"):
+            index.append(0)
+            continue
+        if ours is None or ours in letters:
+            free = [a for a in "tz" if a not in letters and a.upper() not in tiff_axes]
+            if letter == "S" or not free:
+                raise ImageReadError(
+                    f"{path}: cannot map the TIFF axes {tiff_axes!r} (shape {shape}) to t/c/z/y/x; "
+                    "convert it to OME-Zarr with a single channel axis."
+                )
+            ours = free[0]
+        index.append(slice(None))
+        letters += ours
+    return tuple(index), letters
+
+
+def _physical(tif: Any, axes: str, ndim: int) -> tuple[tuple[float, ...], dict[str, str], list[str] | None]:
+    """Pixel size in µm (OME PhysicalSize, SVS MPP), units, and OME channel names; 1.0 where unknown."""
+    import tifffile
+
+    sizes: dict[str, float] = {}
+    names: list[str] | None = None
+    if tif.is_ome and tif.ome_metadata:
+        image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+        pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+        for axis in "zyx":
+            value = pixels.get(f"PhysicalSize{axis.upper()}")
+            factor = _UM_PER.get(str(pixels.get(f"PhysicalSize{axis.upper()}Unit", "µm")))
+            if isinstance(value, (int, float)) and value > 0 and factor is not None:
+                sizes[axis] = float(value) * factor
+        channels = pixels.get("Channel", [])
+        channels = channels if isinstance(channels, list) else [channels]
+        if channels and all(isinstance(c, dict) and c.get("Name") for c in channels):
+            names = [str(c["Name"]) for c in channels]
+    elif tif.is_svs:
+        mpp = tifffile.tifffile.svs_description_metadata(tif.pages.first.description).get("MPP")
+        if isinstance(mpp, (int, float)) and mpp > 0:
+            sizes = {"y": float(mpp), "x": float(mpp)}
+    scale = tuple(sizes.get(a, 1.0) for a in axes)
+    units = {a: "micrometer" for a in sizes if a in axes}
+    return scale, units, names
+
+
+def open_flat(path: Path) -> Pyramid:
+    """A PNG or JPEG read at once (they are small): grayscale "yx" or colour "yxc"."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("1", "P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+            data = np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ImageReadError(f"{path}: not a readable PNG/JPEG ({err}); export the image again.") from err
+    axes = "yxc" if data.ndim == 3 else "yx"
+    levels = [da.from_array(data, chunks=(1024, 1024) + data.shape[2:])]
+    return Pyramid(
+        levels=levels,
+        axes=axes,
+        scale=(1.0,) * data.ndim,
+        translation=(0.0,) * data.ndim,
+        name=_stem(path),
+        contrast_limits=image_contrast(levels, axes, None),
+        source=str(path),
+    )
+
+
+def _stem(path: Path) -> str:
+    """'slide' for slide.ome.tif."""
+    name = path.name.rsplit(".", 1)[0]
+    return name[:-4] if name.lower().endswith(".ome") else name
