@@ -110,3 +110,37 @@ def test_demo_command_writes_a_screenshot(tmp_path):
     picture = np.asarray(Image.open(out))
     assert picture.ndim == 3 and picture.shape[0] > 100 and picture.shape[1] > 100
     assert picture[..., :3].std() > 5
+
+
+def test_store_opened_in_viewer_reads_only_visible_chunks(make_napari_viewer, qtbot, tmp_path):
+    import dask.array as da
+    from chunk_counting import CountingStore
+    from zarr.storage import LocalStore
+
+    from napari_hires.io.ome_zarr_writer import write_ome_zarr
+    from napari_hires.io.pyramid import Pyramid
+    from napari_hires.io.readers import open_image
+
+    side, chunk = 8192, 256
+    texture = da.random.default_rng(7).integers(0, 255, (side, side), chunks=1024, dtype=np.uint8)
+    source = Pyramid(levels=[texture], axes="yx", scale=(1.0, 1.0), translation=(0.0, 0.0), name="texture")
+    out = write_ome_zarr(source, tmp_path / "texture.zarr", chunk=chunk, derive_levels=True)
+    store = CountingStore(LocalStore(out, read_only=True))
+
+    pyramid = open_image(store)
+    level0 = pyramid.levels[0]
+    assert len(pyramid.levels) >= 4 and store.chunk_reads("0") == 0
+
+    viewer = make_napari_viewer(show=True)
+    for data, kwargs, layer_type in pyramid.layer_data():
+        layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    store.reset()
+    assert _settle(qtbot, viewer).std() > 5
+    assert store.chunk_reads("0") == 0 and sum(store.counts.values()) <= CHUNK_BUDGET
+
+    store.reset()
+    viewer.camera.center = (0.71 * side, 0.23 * side)
+    viewer.camera.zoom = 1.0
+    assert _settle(qtbot, viewer).std() > 5
+    assert layer.data_level == 0
+    assert 0 < store.chunk_reads("0") <= CHUNK_BUDGET < level0.npartitions

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import numpy as np
 import zarr
 from zarr.abc.store import Store
 from zarr.errors import NodeNotFoundError
 from zarr.storage import LocalStore
 
 from napari_hires.errors import ImageReadError
+from napari_hires.io.build_state import is_incomplete
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.readers import guess_axes, image_contrast, lazy_level
 
@@ -93,6 +95,11 @@ def open_zarr(target: Path | Store) -> Pyramid:
     name = _stem(root) if isinstance(target, Path) else "image"
     if isinstance(node, zarr.Array):
         return _plain([node], [path], root, name, root.where(path))
+    if is_incomplete(node.attrs.asdict()):
+        raise ImageReadError(
+            f"{root.where(path)} is an incomplete napari-hires build (its writer was interrupted before the "
+            "multiscales metadata was written); run the command that made it again with --overwrite"
+        )
     attrs = _ome_attrs(node)
     if "multiscales" in attrs:
         return _multiscale(root, path, attrs, name=name, kind="labels" if "image-label" in attrs else "image")
@@ -162,6 +169,13 @@ def _multiscale(root: _Root, path: str, attrs: dict, *, name: str, kind: str) ->
         common.update(scale=tuple(scale), translation=tuple(translation))
         return Pyramid(levels=levels, axes=axes, kind="labels", class_colors=colors, class_names=names, **common)
     channel_names, windows = _omero(attrs.get("omero"), levels[0].shape[axes.index("c")] if "c" in axes else 1)
+    if _is_rgb(attrs.get("omero"), levels[0], axes):
+        # napari shows uint8 red/green/blue channels as one RGB layer; move c last (lazily) as napari wants it
+        order = [i for i, a in enumerate(axes) if a != "c"] + [axes.index("c")]
+        levels = [lv.transpose(order) for lv in levels]
+        common.update(scale=tuple(scale[i] for i in order), translation=tuple(translation[i] for i in order))
+        return Pyramid(levels=levels, axes="".join(axes[i] for i in order), channel_names=channel_names,
+                       contrast_limits=None, **common)
     return Pyramid(
         levels=levels,
         axes=axes,
@@ -270,6 +284,16 @@ def _omero(omero: Any, n_channels: int) -> tuple[list[str] | None, list[tuple[fl
             return names, None
         windows.append((float(w["start"]), float(w["end"])))
     return names, windows
+
+
+def _is_rgb(omero: Any, level0: da.Array, axes: str) -> bool:
+    """uint8 image whose 3 or 4 channels are coloured red, green, blue (and white for alpha) in omero metadata."""
+    channels = omero.get("channels") if isinstance(omero, dict) else None
+    if level0.dtype != np.uint8 or "c" not in axes or not isinstance(channels, list):
+        return False
+    n = level0.shape[axes.index("c")]
+    colors = [str(c.get("color", "")).upper() for c in channels if isinstance(c, dict)]
+    return n in (3, 4) and len(colors) == n and colors == ["FF0000", "00FF00", "0000FF", "FFFFFF"][:n]
 
 
 def _drop_label_channel(levels: list[da.Array], axes: str, scale: list, translation: list, where: str):
