@@ -55,13 +55,17 @@ def measure(plugin: str, store: str) -> dict[str, float]:
 def ensure_store(path: Path, size: tuple[int, int]) -> Path:
     """Write the synthetic slide of ``size`` to ``path`` once; reuse it afterwards."""
     if (path / "zarr.json").exists():
+        from napari_hires.io.readers import open_image
+
+        open_image(path)  # refuses a store whose writing was interrupted
         return path
     from napari_hires.io.ome_zarr_writer import write_ome_zarr
     from napari_hires.io.synthetic import synthetic_slide
 
-    image, labels = synthetic_slide(size)
+    image, _ = synthetic_slide(size)
     print(f"writing a {size[0]}x{size[1]} synthetic slide to {path} (once) ...", file=sys.stderr)
-    write_ome_zarr(image, path, labels={"ground_truth": labels}, progress=True)
+    # level 0 rendered, coarser levels mean-downsampled from it: the store is what a scanner pipeline would give
+    write_ome_zarr(image.with_levels(image.levels[:1]), path, derive_levels=True, progress=True)
     return path
 
 

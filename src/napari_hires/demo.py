@@ -17,6 +17,7 @@ def add_slide_layers(viewer: Any, size: tuple[int, int] | None = None, seed: int
                 kwargs = {**kwargs, "opacity": 0.4, "visible": False}
             added = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
             layers.extend(added if isinstance(added, list) else [added])
+    viewer.layers.selection.active = layers[0]
     viewer.reset_view()
     return layers
 
@@ -30,8 +31,8 @@ def open_demo_viewer(size: tuple[int, int] | None = None) -> Any:
     return viewer
 
 
-def save_screenshot(viewer: Any, path: str | Path) -> Path:
-    """Render the canvas once and write it to ``path`` as PNG; refuses a blank frame."""
+def save_screenshot(viewer: Any, path: str | Path, *, canvas_only: bool = False) -> Path:
+    """Render the window (or only the canvas) once and write it to ``path`` as PNG; refuses a blank canvas."""
     import numpy as np
     from PIL import Image
     from qtpy.QtWidgets import QApplication
@@ -41,9 +42,10 @@ def save_screenshot(viewer: Any, path: str | Path) -> Path:
     # Let the multiscale slicer load the visible tiles before grabbing the frame.
     for _ in range(20):
         QApplication.processEvents()
-    frame = viewer.screenshot(canvas_only=True, flash=False)
-    if np.ptp(frame[..., :3]) == 0:
+    canvas = viewer.screenshot(canvas_only=True, flash=False)
+    if np.ptp(canvas[..., :3]) == 0:
         raise RuntimeError(f"the demo rendered a blank frame; no screenshot written to {path}")
+    frame = canvas if canvas_only else viewer.screenshot(canvas_only=False, flash=False)
     Image.fromarray(frame).save(path)
     return path
 
@@ -53,6 +55,7 @@ def run_demo(screenshot: str | Path | None = None, size: tuple[int, int] | None 
     import napari
 
     viewer = open_demo_viewer(size)
+    viewer.window.resize(1400, 900)
     if screenshot is None:
         napari.run()
         return
