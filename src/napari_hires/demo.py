@@ -7,16 +7,12 @@ from typing import Any
 
 def add_slide_layers(viewer: Any, size: tuple[int, int] | None = None, seed: int = 0) -> list[Any]:
     """Add the synthetic slide (image) and its ground truth (hidden labels) to ``viewer``; returns the layers."""
-    from napari_hires.io.synthetic import DEFAULT_SIZE, synthetic_slide
+    from napari_hires._sample_data import slide_layer_data
 
-    image, labels = synthetic_slide(size or DEFAULT_SIZE, seed=seed)
     layers = []
-    for pyramid in (image, labels):
-        for data, kwargs, layer_type in pyramid.layer_data():
-            if layer_type == "labels":
-                kwargs = {**kwargs, "opacity": 0.4, "visible": False}
-            added = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-            layers.extend(added if isinstance(added, list) else [added])
+    for data, kwargs, layer_type in slide_layer_data(size, seed):
+        added = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        layers.extend(added if isinstance(added, list) else [added])
     viewer.layers.selection.active = layers[0]
     viewer.reset_view()
     return layers
