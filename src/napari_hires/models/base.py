@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_hires.errors import HiresError
+
 Task = Literal["segmentation", "classification", "restoration"]
 
 
@@ -55,7 +57,7 @@ class HiresModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise HiresError(
                 f"{type(self).__name__} expects a (batch, {self.in_channels}, height, width) tensor, "
                 f"got shape {tuple(x.shape)}"
             )
