@@ -76,9 +76,9 @@ class _Plan:
             ))
         return out
 
-    def n_blocks(self) -> int:
+    def n_blocks(self, skip_level0: bool = False) -> int:
         return sum(math.prod(math.ceil(n / b) for n, b in zip(shape, block))
-                   for shape, block in zip(self.shapes, self.blocks))
+                   for shape, block in list(zip(self.shapes, self.blocks))[int(skip_level0):])
 
 
 # ---------------------------------------------------------------------------------------------------- public
@@ -102,30 +102,69 @@ def write_ome_zarr(
     level above (mean for images, mode for labels) until y and x are both <= ``min_size``; otherwise every level is
     written as given. Returns the output path.
     """
-    out_path = Path(out)
-    _check_layout(chunk, shard, min_size)
-    labels = labels or {}
-    plans = [_plan(image, "", chunk, shard, derive_levels, min_size, None)]
-    n_levels = len(plans[0].shapes) if derive_levels else None
-    for name, label in labels.items():
-        if not name or "/" in name or name.startswith("."):
-            raise HiresError(f"label image name {name!r} is not a valid group name; use letters, digits, '-' or '_'")
-        plans.append(_plan(label, f"labels/{name}", chunk, shard, derive_levels, min_size, n_levels))
-    for plan in plans:
-        _check_not_source(plan.pyramid, out_path)
-    _prepare_output(out_path, overwrite)
+    writer = OmeZarrWriter(image, out, labels=labels, chunk=chunk, shard=shard, derive_levels=derive_levels,
+                           overwrite=overwrite, min_size=min_size)
+    writer.write(progress=progress)
+    writer.finish()
+    return str(writer.out)
 
-    root = zarr.open_group(str(out_path), mode="w-", zarr_format=3, attributes={MARKER: {"state": "writing"}})
-    arrays = {plan.path: _create_arrays(root, plan) for plan in plans}
-    tick, close = _progress(progress, sum(p.n_blocks() for p in plans), out_path.name)
-    try:
-        with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ome-zarr-writer") as pool:
-            for plan in plans:
-                _write_levels(plan, arrays[plan.path], pool, tick)
-    finally:
-        close()
-    _write_metadata(root, plans, arrays, labels)
-    return str(out_path)
+
+class OmeZarrWriter:
+    """A store being written: arrays created up front, levels filled block by block, NGFF metadata written last.
+
+    ``run`` identifies the job that writes the store (e.g. a prediction's inputs and settings). A store left
+    unfinished by the same ``run`` is reopened instead of refused, so that a killed job can resume; the caller
+    decides which level-0 blocks are still to do (see :mod:`napari_hires.engine`).
+    """
+
+    def __init__(
+        self,
+        image: Pyramid,
+        out: str | os.PathLike,
+        *,
+        labels: dict[str, Pyramid] | None = None,
+        chunk: int = 512,
+        shard: int | None = None,
+        derive_levels: bool = False,
+        overwrite: bool = False,
+        min_size: int = 256,
+        run: dict[str, Any] | None = None,
+    ) -> None:
+        self.out = Path(out)
+        _check_layout(chunk, shard, min_size)
+        self.labels = labels or {}
+        self.plans = [_plan(image, "", chunk, shard, derive_levels, min_size, None)]
+        n_levels = len(self.plans[0].shapes) if derive_levels else None
+        for name, label in self.labels.items():
+            if not name or "/" in name or name.startswith("."):
+                raise HiresError(f"label image name {name!r} is not a valid group name; use letters, digits, '-' or '_'")
+            self.plans.append(_plan(label, f"labels/{name}", chunk, shard, derive_levels, min_size, n_levels))
+        for plan in self.plans:
+            _check_not_source(plan.pyramid, self.out)
+        state = {"state": "writing", **({"run": run} if run is not None else {})}
+        self.resumed = run is not None and _resumable(self.out, state)
+        if self.resumed:
+            self.root = zarr.open_group(str(self.out), mode="r+")
+            self.arrays = {plan.path: _open_arrays(self.root, plan) for plan in self.plans}
+        else:
+            _prepare_output(self.out, overwrite)
+            self.root = zarr.open_group(str(self.out), mode="w-", zarr_format=3, attributes={MARKER: state})
+            self.arrays = {plan.path: _create_arrays(self.root, plan) for plan in self.plans}
+
+    def write(self, progress: Progress = False, *, skip_level0: bool = False) -> None:
+        """Fill every level from its source (level 0 too, unless the caller has written it itself)."""
+        total = sum(p.n_blocks(skip_level0) for p in self.plans)
+        tick, close = _progress(progress, total, self.out.name)
+        try:
+            with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ome-zarr-writer") as pool:
+                for plan in self.plans:
+                    _write_levels(plan, self.arrays[plan.path], pool, tick, first=1 if skip_level0 else 0)
+        finally:
+            close()
+
+    def finish(self) -> None:
+        """Write and validate the NGFF metadata, which marks the store complete."""
+        _write_metadata(self.root, self.plans, self.arrays, self.labels)
 
 
 # ---------------------------------------------------------------------------------------------------- planning
@@ -222,6 +261,27 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     shutil.rmtree(out)
 
 
+def _resumable(out: Path, state: dict[str, Any]) -> bool:
+    """True when ``out`` is an unfinished store begun by the same run (same marker, same ``run`` record)."""
+    if not (out / "zarr.json").is_file():
+        return False
+    try:
+        attrs = zarr.open_group(str(out), mode="r").attrs.asdict()
+    except Exception:  # unreadable metadata: not ours to resume
+        return False
+    return attrs.get(MARKER) == state
+
+
+def _open_arrays(root: zarr.Group, plan: _Plan) -> list[zarr.Array]:
+    """The arrays of an unfinished store, checked against the plan (a mismatch means another job wrote it)."""
+    group = root[plan.path] if plan.path else root
+    arrays = [group[str(k)] for k in range(len(plan.shapes))]
+    for arr, shape in zip(arrays, plan.shapes):
+        if arr.shape != shape or arr.dtype != plan.dtype:
+            raise OutputExistsError(f"{root.store} holds arrays of another shape or type; pass overwrite to replace it")
+    return arrays
+
+
 def _create_arrays(root: zarr.Group, plan: _Plan) -> list[zarr.Array]:
     group = root.require_group(plan.path) if plan.path else root
     return [
@@ -236,9 +296,10 @@ def _create_arrays(root: zarr.Group, plan: _Plan) -> list[zarr.Array]:
 # ---------------------------------------------------------------------------------------------------- writing
 
 
-def _write_levels(plan: _Plan, arrays: list[zarr.Array], pool: ThreadPoolExecutor, tick: Callable[[], None]) -> None:
-    """Write every level of one Pyramid; a derived level starts only after the level above is fully written."""
-    for k, (arr, block) in enumerate(zip(arrays, plan.blocks)):
+def _write_levels(plan: _Plan, arrays: list[zarr.Array], pool: ThreadPoolExecutor, tick: Callable[[], None],
+                  first: int = 0) -> None:
+    """Write the levels of one Pyramid from ``first`` on; a derived level starts after the level above is written."""
+    for k, (arr, block) in list(enumerate(zip(arrays, plan.blocks)))[first:]:
         if k == 0 or not plan.derive:
             source = _ChunkReader(plan.pyramid.levels[k])
             tasks = (_copy_task(source, plan.pyramid.axes, plan.axes, arr, sel) for sel in _block_slices(arr.shape, block))
@@ -365,25 +426,35 @@ def _write_metadata(root: zarr.Group, plans: list[_Plan], arrays: dict[str, list
                     labels: dict[str, Pyramid]) -> None:
     """Build NGFF 0.5 metadata with ome-zarr-models, write it (labels first, root last) and validate the store."""
     from ome_zarr_models.v05 import Image, ImageLabel
-    from ome_zarr_models.v05.image_label_types import Label
     from ome_zarr_models.v05.labels import LabelsAttrs
 
     for plan in plans[1:]:
         group = root[plan.path]
-        multiscales = _multiscales(plan, arrays[plan.path], Image)
-        label = Label.model_validate({**_label_display(plan.pyramid), "version": "0.5", "source": {"image": "../../"}})
-        ome = {**multiscales, "image-label": label.model_dump(mode="json", by_alias=True, exclude_none=True)}
-        group.attrs.update({"ome": ome})
+        group.attrs.update({"ome": _label_ome(plan, arrays[plan.path], Image, ImageLabel, "../../")})
         ImageLabel.from_zarr(group)
     if labels:
         labels_attrs = LabelsAttrs(labels=list(labels), version="0.5")
         root["labels"].attrs.update({"ome": labels_attrs.model_dump(mode="json", by_alias=True, exclude_none=True)})
     image = plans[0]
+    if image.pyramid.kind == "labels":  # a standalone label image (e.g. a segmentation): image-label at the root
+        root.attrs.update({"ome": _label_ome(image, arrays[""], Image, ImageLabel, None), MARKER: {"state": "complete"}})
+        ImageLabel.from_zarr(root)
+        return
     ome = _multiscales(image, arrays[""], Image)
-    if image.pyramid.kind == "image":
-        ome["omero"] = _omero(image, arrays[""][-1])
+    ome["omero"] = _omero(image, arrays[""][-1])
     root.attrs.update({"ome": ome, MARKER: {"state": "complete"}})
     Image.from_zarr(root)
+
+
+def _label_ome(plan: _Plan, arrays: list[zarr.Array], image_model: Any, label_model: Any,
+               source: str | None) -> dict[str, Any]:
+    """``ome`` attributes of a label image: multiscales plus validated image-label colours and class names."""
+    from ome_zarr_models.v05.image_label_types import Label
+
+    extra = {"source": {"image": source}} if source else {}
+    label = Label.model_validate({**_label_display(plan.pyramid), "version": "0.5", **extra})
+    return {**_multiscales(plan, arrays, image_model),
+            "image-label": label.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
 def _multiscales(plan: _Plan, arrays: list[zarr.Array], image_model: Any) -> dict[str, Any]:
