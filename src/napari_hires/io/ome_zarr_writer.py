@@ -25,14 +25,13 @@ from typing import Any, Callable, Iterator
 import dask.array as da
 import numpy as np
 import zarr
-from dask.local import get_sync
-from dask.optimization import cull
 from zarr.codecs import ZstdCodec
 
 from napari_hires.errors import HiresError, OutputExistsError
 from napari_hires.io.build_state import MARKER
 from napari_hires.io.downsample import downsample_mean, downsample_mode
 from napari_hires.io.pyramid import Pyramid
+from napari_hires.io.region_reader import RegionReader
 
 #: Threads that compute and write blocks, and how many blocks may be read, computed or written at once.
 WORKERS = max(2, min(4, os.cpu_count() or 2))
@@ -301,7 +300,7 @@ def _write_levels(plan: _Plan, arrays: list[zarr.Array], pool: ThreadPoolExecuto
     """Write the levels of one Pyramid from ``first`` on; a derived level starts after the level above is written."""
     for k, (arr, block) in list(enumerate(zip(arrays, plan.blocks)))[first:]:
         if k == 0 or not plan.derive:
-            source = _ChunkReader(plan.pyramid.levels[k])
+            source = RegionReader(plan.pyramid.levels[k])
             tasks = (_copy_task(source, plan.pyramid.axes, plan.axes, arr, sel) for sel in _block_slices(arr.shape, block))
         else:
             kernel = downsample_mode if plan.pyramid.kind == "labels" else downsample_mean
@@ -317,34 +316,7 @@ def _block_slices(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[tu
         yield tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, block, shape))
 
 
-class _ChunkReader:
-    """Reads regions of a dask array by computing only the chunks they cover.
-
-    Slicing a dask array and computing the slice culls the whole graph each time (cost grows with the image, so a
-    block-by-block copy would be quadratic); here the graph is materialised once and each read culls from it.
-    """
-
-    def __init__(self, array: da.Array) -> None:
-        self.name = array.name
-        self.graph = dict(array.__dask_graph__())
-        self.bounds = [np.cumsum((0, *c)) for c in array.chunks]
-
-    def read(self, sel: tuple[slice, ...]) -> np.ndarray:
-        ranges = [
-            range(int(np.searchsorted(b, s.start, side="right")) - 1, int(np.searchsorted(b, s.stop, side="left")))
-            for s, b in zip(sel, self.bounds)
-        ]
-        index = list(itertools.product(*ranges))
-        keys = [(self.name, *i) for i in index]
-        graph, _ = cull(self.graph, keys)
-        grid = np.empty([len(r) for r in ranges], dtype=object)
-        for i, value in zip(index, get_sync(graph, keys)):
-            grid[tuple(j - r.start for j, r in zip(i, ranges))] = np.asarray(value)
-        region = np.block(grid.tolist()) if grid.size > 1 else grid.flat[0]
-        return region[tuple(slice(s.start - b[r.start], s.stop - b[r.start]) for s, b, r in zip(sel, self.bounds, ranges))]
-
-
-def _copy_task(source: _ChunkReader, src_axes: str, axes: str, arr: zarr.Array,
+def _copy_task(source: RegionReader, src_axes: str, axes: str, arr: zarr.Array,
                sel: tuple[slice, ...]) -> Callable[[], None]:
     """Compute one block of a dask level (in its own axis order) and store it in NGFF order."""
     src_sel = tuple(sel[axes.index(a)] for a in src_axes)

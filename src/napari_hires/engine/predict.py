@@ -1,0 +1,395 @@
+"""``predict``: a model over a whole image (or a rectangle, or a mask) into a resumable OME-Zarr store.
+
+The output is cut into blocks aligned with the store's chunks; each block is predicted from its own pixels plus a
+margin of context, blended, and written once (DESIGN.md, "blocks own their output"). A reader thread fetches the
+next blocks while the model runs and writer threads encode and store finished ones, so the device rarely waits and
+memory holds a few blocks whatever the image size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from napari_hires.engine.output import OutputSpec, create_output, run_record, weights_digest
+from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
+from napari_hires.engine.source import ImageSource, as_source
+from napari_hires.engine.tiling import Box, TileLayout, context_box
+from napari_hires.errors import HiresError
+from napari_hires.models.base import HiresModel
+
+#: progress(done_blocks, total_blocks, box): box is the output block just written (output level-0 pixels).
+Progress = Callable[[int, int, Box], None]
+
+
+@dataclass
+class PredictionResult:
+    """What a run did: where it wrote, how much, how fast, and whether it finished."""
+
+    path: str
+    task: str
+    pixels: int  # input pixels predicted by this run
+    seconds: float
+    tiles: int  # tiles the model ran on
+    tile_pixels: int
+    blocks_done: int  # written by this run
+    blocks_skipped: int  # found done by an earlier run
+    blocks_total: int
+    cancelled: bool = False
+    layout: TileLayout | None = field(default=None, repr=False)
+
+    @property
+    def overlap_factor(self) -> float:
+        """k: input-tile pixels the model saw per image pixel predicted (1.0 means no overlap at all)."""
+        return self.tiles * self.tile_pixels / self.pixels if self.pixels else float("nan")
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.pixels / self.seconds / 1e6 if self.seconds else float("nan")
+
+
+def resolve_model(model: str | os.PathLike | HiresModel) -> HiresModel:
+    """A model from a registered name, a model file (``.safetensors`` + card), or an instance."""
+    if isinstance(model, torch.nn.Module):
+        if not isinstance(model, HiresModel):
+            raise HiresError(
+                f"{type(model).__name__} is not a napari_hires HiresModel: wrap it so that it states its task, "
+                "channels, input multiple and halo"
+            )
+        return model
+    text = os.fspath(model)
+    if os.path.exists(text) or text.endswith((".safetensors", ".json", ".pt", ".pth")):
+        from napari_hires.models.files import load_model
+
+        return load_model(text)
+    from napari_hires.models.registry import create_model
+
+    return create_model(text)
+
+
+def _channel_adapter(have: int, want: int, name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Make (y, x, have) pixels into (y, x, want): gray to RGB by repetition, RGBA to RGB by dropping alpha."""
+    if have == want:
+        return lambda a: a
+    if have == 1 and want == 3:
+        return lambda a: np.repeat(a, 3, axis=-1)
+    if have == 4 and want == 3:
+        return lambda a: a[..., :3]
+    raise HiresError(f"{name} has {have} channels but the model takes {want}; choose a model for {have}-channel "
+                     "images or convert the image")
+
+
+def _default_block(chunk: int, tile: int) -> int:
+    """Blocks of whole chunks, about four tiles a side: large enough that context margins cost little."""
+    return max(chunk, math.ceil(4 * tile / chunk) * chunk)
+
+
+@dataclass
+class PredictionPlan:
+    """Everything decided before the first tile runs: input, model, layout, output store and the blocks to do."""
+
+    source: ImageSource
+    net: HiresModel
+    layout: TileLayout
+    spec: OutputSpec
+    classify: bool
+    stride: int
+    todo: list[tuple[tuple[int, int], Box, Box]]  # (journal index, output box, input box to predict)
+    skipped: int  # blocks an earlier run of the same job finished
+
+
+def plan_prediction(
+    image: Any,
+    model: str | os.PathLike | HiresModel,
+    out: str | os.PathLike,
+    *,
+    level: int = 0,
+    region: tuple[int, int, int, int] | None = None,
+    mask: Any = None,
+    tile: int = 512,
+    overlap: int | None = None,
+    block: int | None = None,
+    chunk: int = 512,
+    probabilities: bool = False,
+    overwrite: bool = False,
+) -> PredictionPlan:
+    """Resolve the input and model, lay out tiles and blocks, and create (or reopen, to resume) the output store."""
+    source = as_source(image, level)
+    net = resolve_model(model)
+    _channel_adapter(source.channels, net.in_channels, source.name)
+    layout = TileLayout.for_model(tile, net.halo, overlap, net.input_multiple)
+    bounds = source.bounds
+    target = bounds if region is None else _check_region(region, bounds)
+    card = getattr(net, "card", None)
+    class_names = dict(card.class_names) if card and card.class_names else {
+        i: f"class {i}" for i in range(net.out_channels)}
+    block = block or _default_block(chunk, layout.tile)
+    if block % chunk:
+        raise HiresError(f"block {block} must be a multiple of the chunk {chunk}, so that blocks own whole chunks")
+    stride = layout.tile - layout.overlap
+    classify = net.task == "classification"
+    out_shape = (math.ceil(source.shape[0] / stride), math.ceil(source.shape[1] / stride)) if classify else source.shape
+    factor = stride if classify else 1
+    run = run_record(
+        input=source.origin, shape=source.shape, dtype=str(source.dtype), model=getattr(net, "registry_name", None)
+        or type(net).__name__, weights=weights_digest(net), task=net.task, tile=layout.tile, margin=layout.margin,
+        blend=layout.blend, block=block, chunk=chunk, probabilities=probabilities, region=region,
+        mask=None if mask is None else _mask_digest(mask),
+    )
+    spec = create_output(
+        out, task=net.task, shape=out_shape, channels=net.out_channels, dtype=source.dtype, class_names=class_names,
+        class_colors=dict(card.class_colors) if card else {}, scale=tuple(s * factor for s in source.scale),
+        translation=source.translation, name=f"{source.name} ({getattr(net, 'registry_name', net.task)})",
+        chunk=chunk, block=block, probabilities=probabilities, overwrite=overwrite, run=run,
+    )
+    done = spec.done()
+    todo, skipped = [], 0
+    for index, box in spec.block_boxes():
+        want = _to_input(box, factor, bounds).intersect(target)
+        if want is None or not _mask_covers(mask, want, bounds):
+            continue
+        if done[index]:
+            skipped += 1
+            continue
+        todo.append((index, box, want))
+    return PredictionPlan(source, net, layout, spec, classify, stride, todo, skipped)
+
+
+def predict(
+    image: Any,
+    model: str | os.PathLike | HiresModel,
+    out: str | os.PathLike,
+    *,
+    level: int = 0,
+    region: tuple[int, int, int, int] | None = None,
+    mask: Any = None,
+    tile: int = 512,
+    overlap: int | None = None,
+    batch: int = 4,
+    block: int | None = None,
+    chunk: int = 512,
+    device: str = "auto",
+    precision: str = "auto",
+    probabilities: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
+    prefetch: int = 2,
+) -> PredictionResult:
+    """Predict ``image`` (a Pyramid, path or array; ``level`` of it) with ``model`` into the OME-Zarr store ``out``.
+
+    ``region`` (y0, y1, x0, x1 in pixels of that level) or ``mask`` (a 2-d boolean array at any resolution covering
+    the image; blocks it leaves empty are skipped) limit the work. ``overlap`` defaults to the model's halo plus a
+    cross-fade. Rerunning the same call resumes an interrupted run; ``overwrite`` starts again.
+    """
+    t0 = time.perf_counter()
+    plan = plan_prediction(image, model, out, level=level, region=region, mask=mask, tile=tile, overlap=overlap,
+                           block=block, chunk=chunk, probabilities=probabilities, overwrite=overwrite)
+    runner = TileRunner(plan.net, device=device, precision=precision, batch=batch)
+    job = BlockJob(plan, runner, cancel or CancelToken(), progress)
+    job.run(plan.todo, prefetch)
+    if not job.cancelled:
+        plan.spec.finish()
+    return job.result(str(out), time.perf_counter() - t0)
+
+
+def _check_region(region: tuple[int, int, int, int], bounds: Box) -> Box:
+    y0, y1, x0, x1 = (int(v) for v in region)
+    box = Box(y0, y1, x0, x1).intersect(bounds)
+    if box is None or (y0, y1, x0, x1) != (box.y0, box.y1, box.x0, box.x1):
+        raise HiresError(f"region {region} is not inside the image (0..{bounds.y1}, 0..{bounds.x1}); "
+                         "give y0 < y1 <= height and x0 < x1 <= width")
+    return box
+
+
+def _to_input(box: Box, factor: int, bounds: Box) -> Box:
+    """An output box in input pixels (classification outputs are one pixel per tile stride)."""
+    return Box(box.y0 * factor, min(bounds.y1, box.y1 * factor), box.x0 * factor, min(bounds.x1, box.x1 * factor))
+
+
+def _mask_covers(mask: Any, box: Box, bounds: Box) -> bool:
+    """True when ``mask`` (any resolution, covering the image) has a True pixel under ``box``, or there is no mask."""
+    if mask is None:
+        return True
+    mh, mw = mask.shape[-2:]
+    fy, fx = mh / bounds.y1, mw / bounds.x1
+    y0, y1 = int(box.y0 * fy), max(int(box.y0 * fy) + 1, math.ceil(box.y1 * fy))
+    x0, x1 = int(box.x0 * fx), max(int(box.x0 * fx) + 1, math.ceil(box.x1 * fx))
+    return bool(np.asarray(mask[y0:y1, x0:x1]).any())
+
+
+def _mask_digest(mask: Any) -> str:
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(np.asarray(mask, dtype=bool)).tobytes()).hexdigest()[:16]
+
+
+class BlockJob:
+    """One run's blocks: locally a pipeline (prefetching reader thread -> model -> writer threads -> journal);
+    on a cluster each worker calls :meth:`predict_block` for the blocks it is given."""
+
+    def __init__(self, plan: PredictionPlan, runner: TileRunner, cancel: CancelToken | None = None,
+                 progress: Progress | None = None) -> None:
+        self.plan, self.runner = plan, runner
+        self.source, self.layout, self.spec = plan.source, plan.layout, plan.spec
+        self.adapt = _channel_adapter(plan.source.channels, plan.net.in_channels, plan.source.name)
+        self.classify, self.stride = plan.classify, plan.stride
+        self.cancel, self.progress = cancel or CancelToken(), progress
+        self.total, self.done = len(plan.todo) + plan.skipped, plan.skipped
+        self.pixels = self.tiles = self.written = 0
+        self.cancelled = False
+        self._lock = threading.Lock()
+
+    def predict_block(self, index: tuple[int, int], box: Box, want: Box) -> None:
+        """Read, predict and write one block, then record it in the journal (no threads of its own)."""
+        context = self._context(want)
+        outputs = self._compute(box, want, self._read(context), context)
+        self._write(index, box, outputs)
+        with self._lock:
+            self.pixels += want.shape[0] * want.shape[1]
+
+    def result(self, path: str, seconds: float) -> PredictionResult:
+        return PredictionResult(
+            path=path, task=self.plan.net.task, pixels=self.pixels, seconds=seconds, tiles=self.tiles,
+            tile_pixels=self.layout.tile ** 2, blocks_done=self.written, blocks_skipped=self.plan.skipped,
+            blocks_total=self.total, cancelled=self.cancelled, layout=self.layout,
+        )
+
+    # -------------------------------------------------------------- pipeline
+    def run(self, todo: list[tuple[tuple[int, int], Box, Box]], prefetch: int) -> None:
+        inbox: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        stop = threading.Event()
+        reader = threading.Thread(target=self._read_all, args=(todo, inbox, stop), name="hires-reader", daemon=True)
+        reader.start()
+        pending: list[Future] = []
+        try:
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hires-writer") as writers:
+                for _ in range(len(todo)):
+                    item = inbox.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    index, box, want, pixels, context = item
+                    try:
+                        outputs = self._compute(box, want, pixels, context)
+                    except Cancelled:
+                        self.cancelled = True
+                        break
+                    while len(pending) >= 2:  # bound computed-but-unwritten blocks (and surface write errors)
+                        pending.pop(0).result()
+                    pending.append(writers.submit(self._write, index, box, outputs))
+                    self.pixels += want.shape[0] * want.shape[1]
+                for f in pending:
+                    f.result()
+        finally:
+            stop.set()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                try:
+                    inbox.get_nowait()
+                except queue.Empty:
+                    reader.join(0.05)
+
+    def _read_all(self, todo, inbox: queue.Queue, stop: threading.Event) -> None:
+        try:
+            for index, box, want in todo:
+                if stop.is_set():
+                    return
+                context = self._context(want)
+                pixels = self._read(context)
+                while not stop.is_set():
+                    try:
+                        inbox.put((index, box, want, pixels, context), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as err:  # handed to the main thread, which re-raises it
+            inbox.put(err)
+
+    # -------------------------------------------------------------- one block
+    def _context(self, want: Box) -> Box:
+        if not self.classify:
+            return context_box(want, self.source.bounds, self.layout)
+        half = self.layout.tile // 2
+        s = self.stride
+        return Box(want.y0 + s // 2 - half, want.y0 + s // 2 - half + _span(want.y0, want.y1, s, self.layout.tile),
+                   want.x0 + s // 2 - half, want.x0 + s // 2 - half + _span(want.x0, want.x1, s, self.layout.tile))
+
+    def _read(self, context: Box) -> np.ndarray:
+        """Pixels of ``context``; parts outside the image (classification tiles at the border) are reflected."""
+        inside = context.intersect(self.source.bounds)
+        pixels = self.adapt(self.source.read(inside))
+        pad = ((inside.y0 - context.y0, context.y1 - inside.y1), (inside.x0 - context.x0, context.x1 - inside.x1))
+        if any(p for pair in pad for p in pair):
+            mode = "reflect" if all(p < n for pair, n in zip(pad, pixels.shape) for p in pair) else "edge"
+            pixels = np.pad(pixels, pad + ((0, 0),), mode=mode)
+        return pixels
+
+    def _compute(self, box: Box, want: Box, pixels: np.ndarray, context: Box) -> dict[str, np.ndarray]:
+        if self.classify:
+            return self._classify(box, pixels)
+        out, n = self.runner.predict_region(pixels, context, self.source.bounds, self.layout, self.cancel)
+        self.tiles += n
+        ys = slice(want.y0 - context.y0, want.y1 - context.y0)
+        xs = slice(want.x0 - context.x0, want.x1 - context.x0)
+        out = out[:, ys, xs]
+        result: dict[str, np.ndarray] = {}
+        pad = ((want.y0 - box.y0, box.y1 - want.y1), (want.x0 - box.x0, box.x1 - want.x1))
+        if self.runner.task == "segmentation":
+            labels = out.argmax(0).to(torch.uint8 if out.shape[0] <= 255 else torch.int32).cpu().numpy()
+            result["labels"] = np.pad(labels, pad)
+            if len(self.spec.writers) > 1:
+                result["probabilities"] = np.pad(out.half().cpu().numpy(), ((0, 0),) + pad)
+        else:
+            dtype = self.source.dtype
+            values = out.permute(1, 2, 0).cpu().numpy()
+            if np.issubdtype(dtype, np.integer):
+                info = np.iinfo(dtype)
+                values = np.clip(np.rint(values), info.min, info.max)
+            values = values.astype(dtype)
+            if values.shape[-1] == 1:
+                values = values[..., 0]
+            result["image"] = np.pad(values, pad + ((0, 0),) * (values.ndim - 2))
+        return result
+
+    def _classify(self, box: Box, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """One class-probability vector per output pixel: the tile centred on it."""
+        t, s = self.layout.tile, self.stride
+        rows, cols = box.shape
+        tiles = np.stack([pixels[r * s:r * s + t, c * s:c * s + t] for r in range(rows) for c in range(cols)])
+        probs = self.runner.classify_tiles(tiles, self.cancel)
+        self.tiles += len(tiles)
+        return {"image": probs.T.reshape(-1, rows, cols).half().cpu().numpy()}
+
+    def _write(self, index: tuple[int, int], box: Box, outputs: dict[str, np.ndarray]) -> None:
+        ys, xs = slice(box.y0, box.y1), slice(box.x0, box.x1)
+        root = self.spec.writers[0].arrays[""][0]
+        if "labels" in outputs:
+            root[ys, xs] = outputs["labels"]
+            if "probabilities" in outputs:
+                self.spec.writers[1].arrays[""][0][:, ys, xs] = outputs["probabilities"]
+        elif self.classify:
+            root[:, ys, xs] = outputs["image"]
+        elif root.ndim == 3:  # (y, x, c) pixels into the store's NGFF (c, y, x)
+            root[:, ys, xs] = np.moveaxis(outputs["image"], -1, 0)
+        else:
+            root[ys, xs] = outputs["image"]
+        self.spec.mark_done(index)
+        with self._lock:
+            self.written += 1
+            self.done += 1
+            done = self.done
+        if self.progress is not None:
+            self.progress(done, self.total, box)
+
+
+def _span(start: int, stop: int, stride: int, tile: int) -> int:
+    """Input pixels spanned by the tiles of output pixels [start/stride, stop/stride)."""
+    return (math.ceil((stop - start) / stride) - 1) * stride + tile

@@ -1,0 +1,173 @@
+"""A model on a device, turning image regions into blended per-pixel outputs tile batch by tile batch.
+
+Pixels travel to the device as their own integer type and are normalised there (4x less to copy than float32);
+tiles are blended on the device; on out-of-memory the batch halves and the run goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from napari_hires.engine.device import autocast, is_out_of_memory, resolve_device, resolve_precision
+from napari_hires.engine.tiling import Box, TileLayout, tiles_for
+from napari_hires.errors import HiresError
+from napari_hires.models.base import HiresModel
+from napari_hires.models.card import Normalization
+
+
+class Cancelled(Exception):
+    """A run was cancelled between two batches; nothing partial was written."""
+
+
+class CancelToken:
+    """Set from any thread (a Cancel button, a signal handler); runs check it between batches."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()
+
+
+def default_normalization(dtype: np.dtype, channels: int) -> Normalization:
+    """Scale integer pixels to 0..1 and centre them: what untrained or card-less models get."""
+    dtype = np.dtype(dtype)
+    scale = 1.0 / np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0
+    return Normalization(scale=float(scale), mean=[0.5] * channels, std=[0.25] * channels)
+
+
+class TileRunner:
+    """Runs ``model`` on tiles of (y, x, c) regions: segmentation probabilities, restored pixels or class scores."""
+
+    def __init__(
+        self,
+        model: HiresModel,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        batch: int = 4,
+        normalization: Normalization | None = None,
+    ) -> None:
+        if batch < 1:
+            raise HiresError(f"batch must be at least 1, got {batch}")
+        self.device = resolve_device(device)
+        self.amp_dtype = resolve_precision(precision, self.device)
+        self.batch = batch
+        self.model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.task = model.task
+        card = getattr(model, "card", None)
+        norm = normalization or (card.normalization if card is not None else None)
+        self.normalization = norm
+        self._norm_cache: dict[np.dtype, tuple[float, torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ tensors
+    def _norm(self, dtype: np.dtype, channels: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        if dtype not in self._norm_cache:
+            norm = self.normalization or default_normalization(dtype, channels)
+            if len(norm.mean) != channels or len(norm.std) != channels:
+                raise HiresError(
+                    f"the model's normalisation has {len(norm.mean)} channels but the image gives {channels}"
+                )
+            shape = (1, channels, 1, 1)
+            mean = torch.tensor(norm.mean, dtype=torch.float32, device=self.device).view(shape)
+            std = torch.tensor(norm.std, dtype=torch.float32, device=self.device).view(shape)
+            self._norm_cache[dtype] = (norm.scale, mean, std)
+        return self._norm_cache[dtype]
+
+    def to_input(self, tiles: np.ndarray) -> torch.Tensor:
+        """(n, y, x, c) integer or float tiles -> normalised (n, c, y, x) float32 on the device."""
+        scale, mean, std = self._norm(tiles.dtype, tiles.shape[-1])
+        if tiles.dtype == np.uint16:  # torch has limited uint16 support: widen on the host (still 2x less than f32)
+            tiles = tiles.astype(np.int32)
+        x = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = (x * scale - mean) / std
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def from_output(self, out: torch.Tensor, dtype: np.dtype, channels: int) -> torch.Tensor:
+        """Model output -> what is blended: probabilities (segmentation, classification) or pixel values."""
+        out = out.float()
+        if self.task == "restoration":
+            scale, mean, std = self._norm(np.dtype(dtype), channels)
+            return (out * std + mean) / scale
+        return torch.softmax(out, dim=1)
+
+    # ------------------------------------------------------------------ running
+    def run_batch(self, tiles: np.ndarray) -> torch.Tensor:
+        """Model outputs for (n, y, x, c) tiles, in sub-batches of ``self.batch`` that halve on out-of-memory."""
+        outputs = []
+        i = 0
+        while i < len(tiles):
+            chunk = tiles[i:i + self.batch]
+            try:
+                with torch.inference_mode(), autocast(self.device, self.amp_dtype):
+                    out = self.model(self.to_input(chunk))
+                outputs.append(self.from_output(out, tiles.dtype, tiles.shape[-1]))
+                i += len(chunk)
+            except (RuntimeError, torch.OutOfMemoryError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                if self.batch == 1:
+                    raise HiresError(
+                        f"the {self.device.type} device ran out of memory with one {tiles.shape[1]}x{tiles.shape[2]} "
+                        "tile; use a smaller --tile or another device"
+                    ) from None
+                self.batch //= 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return torch.cat(outputs)
+
+    def predict_region(
+        self, region: np.ndarray, box: Box, image: Box, layout: TileLayout, cancel: CancelToken | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """Blended output (channels, y, x) over ``box`` from the (y, x, c) pixels ``region``, and the tiles run."""
+        tiles = tiles_for(box, image, layout)
+        acc: torch.Tensor | None = None
+        wsum = torch.zeros(box.shape, dtype=torch.float32, device=self.device)
+        by_shape: dict[tuple[int, int], list[tuple[Box, np.ndarray]]] = {}
+        for tile, weight in tiles:
+            by_shape.setdefault(tile.shape, []).append((tile, weight))
+        for group in by_shape.values():
+            for start in range(0, len(group), self.batch):
+                if cancel is not None:
+                    cancel.check()
+                part = group[start:start + self.batch]
+                pixels = np.stack([
+                    region[t.y0 - box.y0:t.y1 - box.y0, t.x0 - box.x0:t.x1 - box.x0] for t, _ in part
+                ])
+                out = self.run_batch(pixels)
+                if acc is None:
+                    acc = torch.zeros((out.shape[1], *box.shape), dtype=torch.float32, device=self.device)
+                for (t, w), o in zip(part, out):
+                    wt = torch.from_numpy(w).to(self.device)
+                    ys, xs = slice(t.y0 - box.y0, t.y1 - box.y0), slice(t.x0 - box.x0, t.x1 - box.x0)
+                    acc[:, ys, xs] += o * wt
+                    wsum[ys, xs] += wt
+        assert acc is not None
+        return acc / wsum, len(tiles)
+
+    def classify_tiles(self, tiles: np.ndarray, cancel: CancelToken | None = None) -> torch.Tensor:
+        """Class probabilities (n, classes) of (n, y, x, c) tiles, batch by batch."""
+        out = []
+        for start in range(0, len(tiles), self.batch):
+            if cancel is not None:
+                cancel.check()
+            out.append(self.run_batch(tiles[start:start + self.batch]))
+        return torch.cat(out)

@@ -1,0 +1,126 @@
+"""Where tiles go and how much each one counts: the geometry of seam-free tiled inference.
+
+A block of output is predicted from tiles laid over the block plus a ``margin`` of context on every side that is not
+an image edge. Along each tile edge that is not an image edge the tile's output is distrusted for ``margin`` pixels
+(weight ~0: the model saw padding there, not the image) and then faded in over ``blend`` pixels (a half-Hann ramp).
+Neighbouring tiles overlap by at least ``2 * margin + blend``, so every pixel has a tile that saw its full context,
+and where two such tiles meet they cross-fade. For a convolutional model whose receptive radius is at most
+``margin`` the result equals whole-image inference; for attention models the cross-fade hides what differs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Weight of distrusted pixels: not zero, so that a pixel every tile distrusts still gets a (blended) value.
+FLOOR = 1e-6
+#: Narrowest cross-fade used when the overlap leaves room for one.
+MIN_BLEND = 8
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Tile size, and how tiles overlap: ``overlap = 2 * margin + blend`` pixels between neighbours."""
+
+    tile: int
+    margin: int
+    blend: int
+
+    @property
+    def overlap(self) -> int:
+        return 2 * self.margin + self.blend
+
+    @classmethod
+    def for_model(cls, tile: int, halo: int, overlap: int | None = None, multiple: int = 1) -> "TileLayout":
+        """Layout for a model with ``halo`` (its trusted context) and input ``multiple``; ``overlap`` overrides."""
+        if tile < 1:
+            raise ValueError(f"tile must be positive, got {tile}")
+        tile = math.ceil(tile / multiple) * multiple
+        if overlap is None:
+            overlap = 2 * halo + max(MIN_BLEND, halo // 2)
+        if not 0 <= overlap < tile:
+            raise ValueError(f"overlap {overlap} must be at least 0 and smaller than the tile ({tile})")
+        margin = min(halo, max(0, (overlap - min(MIN_BLEND, overlap)) // 2))
+        return cls(tile=tile, margin=margin, blend=overlap - 2 * margin)
+
+
+def tile_starts(start: int, stop: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins covering [start, stop) with tiles of ``tile`` pixels overlapping by at least ``overlap``.
+
+    Tiles never extend past ``stop``; spacing is made even so that no pair overlaps much more than the others.
+    """
+    length = stop - start
+    if length <= tile:
+        return [start]
+    stride = tile - overlap
+    count = math.ceil((length - tile) / stride) + 1
+    return [int(round(v)) for v in np.linspace(start, stop - tile, count)]
+
+
+def edge_weights(length: int, margin: int, blend: int, taper_start: bool, taper_stop: bool) -> np.ndarray:
+    """1-d weights of one tile: ~0 for ``margin`` pixels, a half-Hann ramp over ``blend``, 1 inside.
+
+    Only edges that are not image edges taper (``taper_start`` / ``taper_stop``): at an image edge the tile saw
+    exactly what a whole-image run sees.
+    """
+    d = np.arange(length, dtype=np.float64)
+    w = np.ones(length)
+    for taper, dist in ((taper_start, d), (taper_stop, length - 1 - d)):
+        if not taper:
+            continue
+        ramp = np.clip((dist - margin + 0.5) / max(blend, 1), 0.0, 1.0) if blend else (dist >= margin).astype(float)
+        w = np.minimum(w, 0.5 - 0.5 * np.cos(np.pi * ramp))
+    return np.maximum(w, FLOOR).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle [y0, y1) x [x0, x1) in pixels of one pyramid level."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+    def intersect(self, other: "Box") -> "Box | None":
+        y0, y1, x0, x1 = max(self.y0, other.y0), min(self.y1, other.y1), max(self.x0, other.x0), min(self.x1, other.x1)
+        return Box(y0, y1, x0, x1) if y0 < y1 and x0 < x1 else None
+
+    def grow(self, by: int, bounds: "Box") -> "Box":
+        """This box widened by ``by`` on every side, clipped to ``bounds``."""
+        return Box(max(bounds.y0, self.y0 - by), min(bounds.y1, self.y1 + by),
+                   max(bounds.x0, self.x0 - by), min(bounds.x1, self.x1 + by))
+
+
+def context_box(target: Box, image: Box, layout: TileLayout) -> Box:
+    """The input region read for ``target``: its margin of context, widened to a whole tile where the image allows."""
+    box = target.grow(layout.margin, image)
+    y0, y1, x0, x1 = box.y0, box.y1, box.x0, box.x1
+    if y1 - y0 < layout.tile:  # a narrow block at the image end: take more context rather than pad the tile
+        y0 = max(image.y0, y1 - layout.tile)
+        y1 = min(image.y1, y0 + layout.tile)
+    if x1 - x0 < layout.tile:
+        x0 = max(image.x0, x1 - layout.tile)
+        x1 = min(image.x1, x0 + layout.tile)
+    return Box(y0, y1, x0, x1)
+
+
+def tiles_for(region: Box, image: Box, layout: TileLayout) -> list[tuple[Box, np.ndarray]]:
+    """Tiles (in level coordinates) covering ``region`` and each one's 2-d blend weights."""
+    out = []
+    ys = tile_starts(region.y0, region.y1, layout.tile, layout.overlap)
+    xs = tile_starts(region.x0, region.x1, layout.tile, layout.overlap)
+    for y in ys:
+        for x in xs:
+            box = Box(y, min(y + layout.tile, region.y1), x, min(x + layout.tile, region.x1))
+            wy = edge_weights(box.y1 - box.y0, layout.margin, layout.blend, box.y0 > image.y0, box.y1 < image.y1)
+            wx = edge_weights(box.x1 - box.x0, layout.margin, layout.blend, box.x0 > image.x0, box.x1 < image.x1)
+            out.append((box, np.outer(wy, wx)))
+    return out
