@@ -115,7 +115,7 @@ def plan_prediction(
     level: int = 0,
     region: tuple[int, int, int, int] | None = None,
     mask: Any = None,
-    tile: int = 512,
+    tile: int | None = None,
     overlap: int | None = None,
     block: int | None = None,
     chunk: int = 512,
@@ -126,7 +126,7 @@ def plan_prediction(
     source = as_source(image, level)
     net = resolve_model(model)
     _channel_adapter(source.channels, net.in_channels, source.name)
-    layout = TileLayout.for_model(tile, net.halo, overlap, net.input_multiple)
+    layout = TileLayout.for_model(tile or net.tile_size, net.halo, overlap, net.input_multiple)
     bounds = source.bounds
     target = bounds if region is None else _check_region(region, bounds)
     card = getattr(net, "card", None)
@@ -172,7 +172,7 @@ def predict(
     level: int = 0,
     region: tuple[int, int, int, int] | None = None,
     mask: Any = None,
-    tile: int = 512,
+    tile: int | None = None,
     overlap: int | None = None,
     batch: int = 4,
     block: int | None = None,
@@ -189,7 +189,8 @@ def predict(
 
     ``region`` (y0, y1, x0, x1 in pixels of that level) or ``mask`` (a 2-d boolean array at any resolution covering
     the image; blocks it leaves empty are skipped) limit the work. ``overlap`` defaults to the model's halo plus a
-    cross-fade. Rerunning the same call resumes an interrupted run; ``overwrite`` starts again.
+    cross-fade and ``tile`` to the model's ``tile_size``. Rerunning the same call resumes an interrupted run;
+    ``overwrite`` starts again.
     """
     t0 = time.perf_counter()
     plan = plan_prediction(image, model, out, level=level, region=region, mask=mask, tile=tile, overlap=overlap,

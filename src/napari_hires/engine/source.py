@@ -59,8 +59,8 @@ class ImageSource:
     def read(self, box: Box) -> np.ndarray:
         """Pixels of ``box`` as a (y, x, c) array."""
         sel = tuple(
-            slice(box.y0, box.y1) if a == "y" else slice(box.x0, box.x1) if a == "x" else slice(None)
-            for a in self.axes
+            slice(box.y0, box.y1) if a == "y" else slice(box.x0, box.x1) if a == "x" else slice(0, n)
+            for a, n in zip(self.axes, self.array.shape)
         )
         data = self._reader.read(sel) if self._reader is not None else np.asarray(self.array[sel])
         order = [self.axes.index(a) for a in "yx"] + ([self.axes.index("c")] if "c" in self.axes else [])

@@ -42,6 +42,7 @@ class HiresModel(nn.Module):
     ``task``, ``in_channels``, ``out_channels`` (classes, or image channels for restoration), ``input_multiple``,
     ``receptive_field`` (pixels of input one output pixel depends on, roughly) and ``halo`` (recommended tile overlap
     per side in input pixels for seam-free tiling), and keep their configuration dataclass in ``config``.
+    ``tile_size`` is the tile the engine uses unless told otherwise (xT: a window of regions).
     """
 
     task: Task
@@ -50,6 +51,7 @@ class HiresModel(nn.Module):
     input_multiple: int = 1
     receptive_field: int = 0
     halo: int = 0
+    tile_size: int = 512
     config: Any = None
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
@@ -77,6 +79,7 @@ class HiresModel(nn.Module):
             "input_multiple": self.input_multiple,
             "receptive_field": self.receptive_field,
             "halo": self.halo,
+            "tile_size": self.tile_size,
             "config": asdict(self.config) if is_dataclass(self.config) else self.config,
         }
 

@@ -45,6 +45,7 @@ def card_for(model: HiresModel, **fields) -> ModelCard:
         overrides=dict(getattr(model, "registry_overrides", {})),
         input_multiple=facts["input_multiple"],
         halo=facts["halo"],
+        tile_size=facts["tile_size"],
     )
     for key, value in fields.items():
         setattr(card, key, value)

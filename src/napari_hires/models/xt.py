@@ -237,7 +237,7 @@ class XTClassifier(HiresModel):
         self.head = nn.Sequential(nn.LayerNorm(cfg.hidden), nn.Linear(cfg.hidden, cfg.num_classes))
         self.in_channels, self.out_channels = cfg.in_channels, cfg.num_classes
         self.input_multiple, self.halo = cfg.region_size, cfg.halo
-        self.receptive_field = cfg.window_regions * cfg.region_size
+        self.receptive_field = self.tile_size = cfg.window_regions * cfg.region_size
         self.config = cfg
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,11 +248,13 @@ def build_xt(cfg: XTConfig) -> HiresModel:
     """An xT classifier or segmenter (FPN head over the stitched maps, context in the coarsest) per ``cfg.task``."""
     if cfg.task == "classification":
         return XTClassifier(cfg)
-    return SegmentationModel(
+    model = SegmentationModel(
         XTBackbone(cfg), cfg.num_classes, in_channels=cfg.in_channels, input_multiple=cfg.region_size,
         receptive_field=cfg.window_regions * cfg.region_size, halo=cfg.halo, decoder_width=cfg.decoder_width,
         config=cfg,
     )
+    model.tile_size = cfg.window_regions * cfg.region_size  # the engine's tile is a whole window of regions
+    return model
 
 
 def _configure(name: str, base: XTConfig, overrides: dict[str, Any]) -> XTConfig:

@@ -1,0 +1,141 @@
+"""The engine end to end: seam-free tiling, stores and their pyramids, scope, cancel and resume, clear errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from conftest import ConvNet
+
+from napari_hires.engine import Box, CancelToken, TileLayout, TileRunner, plan_prediction, predict
+from napari_hires.errors import HiresError, ImageReadError, OutputExistsError
+from napari_hires.io.downsample import downsample_mode
+from napari_hires.io.readers import open_image
+
+
+def _whole(model, image: np.ndarray) -> torch.Tensor:
+    """The model on the whole image at once: what tiling must reproduce."""
+    runner = TileRunner(model, device="cpu")
+    return runner.run_batch(image[None])[0]
+
+
+@pytest.mark.parametrize("tile", [64, 100])
+def test_tiled_equals_whole_image_for_a_convolutional_model(conv_model, rgb_image, tile):
+    runner = TileRunner(conv_model, device="cpu", batch=3)
+    bounds = Box(0, rgb_image.shape[0], 0, rgb_image.shape[1])
+    layout = TileLayout.for_model(tile, conv_model.halo, None, 1)
+    tiled, n = runner.predict_region(rgb_image, bounds, bounds, layout)
+    assert n > 6 and layout.margin == conv_model.halo
+    assert (tiled - _whole(conv_model, rgb_image)).abs().max() < 1e-4
+
+
+def test_tiles_without_context_margin_show_seams(conv_model, rgb_image):
+    runner = TileRunner(conv_model, device="cpu")
+    bounds = Box(0, rgb_image.shape[0], 0, rgb_image.shape[1])
+    no_margin = TileLayout(tile=64, margin=0, blend=0)
+    tiled, _ = runner.predict_region(rgb_image, bounds, bounds, no_margin)
+    assert (tiled - _whole(conv_model, rgb_image)).abs().max() > 1e-3
+
+
+def test_store_holds_argmax_labels_probabilities_and_a_pyramid(conv_model, rgb_image, tmp_path):
+    result = predict(rgb_image, conv_model, tmp_path / "seg.zarr", tile=100, chunk=64, block=128, probabilities=True,
+                     device="cpu")
+    whole = _whole(conv_model, rgb_image)
+    root = zarr.open_group(tmp_path / "seg.zarr", mode="r")
+    np.testing.assert_array_equal(root["0"][:], whole.argmax(0).numpy())
+    probs = zarr.open_group(tmp_path / "seg.zarr" / "probabilities", mode="r")["0"][:]
+    assert probs.dtype == np.float16 and np.abs(probs - whole.numpy()).max() < 2e-3
+    np.testing.assert_array_equal(root["1"][:], downsample_mode(root["0"][:], 2, "yx"))
+
+    labels = open_image(tmp_path / "seg.zarr")
+    assert labels.kind == "labels" and labels.class_names == {i: f"class {i}" for i in range(4)}
+    assert len(labels.levels) >= 2
+    assert result.blocks_done == result.blocks_total == math.ceil(300 / 128) * math.ceil(517 / 128)
+    assert result.pixels == 300 * 517 and result.overlap_factor > 1
+
+
+def test_restoration_keeps_dtype_and_rgb(rgb_image, tmp_path):
+    torch.manual_seed(1)
+    model = ConvNet(task="restoration", out_channels=3).eval()
+    predict(rgb_image, model, tmp_path / "restored.zarr", tile=128, chunk=64, device="cpu")
+    restored = open_image(tmp_path / "restored.zarr")
+    assert restored.rgb and restored.levels[0].shape == rgb_image.shape
+    expected = np.clip(np.rint(_whole(model, rgb_image).permute(1, 2, 0).numpy()), 0, 255)
+    assert np.abs(restored.levels[0].compute().astype(float) - expected).max() <= 1
+
+
+def test_classification_writes_a_heatmap_one_pixel_per_stride(rgb_image, tmp_path):
+    torch.manual_seed(2)
+    model = ConvNet(task="classification", out_channels=2).eval()
+    result = predict(rgb_image, model, tmp_path / "heat.zarr", tile=64, overlap=0, chunk=64, device="cpu")
+    heat = zarr.open_group(tmp_path / "heat.zarr", mode="r")["0"][:]
+    assert heat.shape == (2, math.ceil(300 / 64), math.ceil(517 / 64))
+    runner = TileRunner(model, device="cpu")
+    r, c = 2, 3  # an interior tile: rows 128..192, cols 192..256
+    expected = runner.classify_tiles(rgb_image[None, r * 64:(r + 1) * 64, c * 64:(c + 1) * 64])[0]
+    np.testing.assert_allclose(heat[:, r, c], expected.numpy(), atol=2e-3)
+    assert result.tiles == heat.shape[1] * heat.shape[2]
+
+
+def test_region_and_mask_limit_the_work(conv_model, rgb_image, tmp_path):
+    result = predict(rgb_image, conv_model, tmp_path / "r.zarr", region=(70, 190, 300, 420), tile=64, chunk=64,
+                     block=64, device="cpu")
+    labels = zarr.open_group(tmp_path / "r.zarr", mode="r")["0"][:]
+    whole = _whole(conv_model, rgb_image).argmax(0).numpy()
+    np.testing.assert_array_equal(labels[70:190, 300:420], whole[70:190, 300:420])
+    assert not labels[:64].any() and not labels[:, :256].any()
+    assert result.pixels == 120 * 120 and result.blocks_total == 2 * 3  # block rows 64-192, columns 256-448
+
+    mask = np.zeros((30, 52), bool)
+    mask[:6, :6] = True  # the top-left 60 x 60 pixels
+    result = predict(rgb_image, conv_model, tmp_path / "m.zarr", mask=mask, tile=64, chunk=64, block=64,
+                     device="cpu")
+    assert result.blocks_total == 1
+
+
+def test_cancel_leaves_an_unfinished_store_that_resumes_to_the_same_result(conv_model, rgb_image, tmp_path):
+    cancel = CancelToken()
+    seen = []
+
+    def progress(done, total, box):
+        seen.append(box)
+        cancel.cancel()
+
+    first = predict(rgb_image, conv_model, tmp_path / "c.zarr", tile=64, chunk=64, block=64, device="cpu",
+                    progress=progress, cancel=cancel)
+    assert first.cancelled and 1 <= first.blocks_done < first.blocks_total
+    with pytest.raises(ImageReadError, match="incomplete"):
+        open_image(tmp_path / "c.zarr")
+
+    second = predict(rgb_image, conv_model, tmp_path / "c.zarr", tile=64, chunk=64, block=64, device="cpu")
+    assert second.blocks_skipped == first.blocks_done and not second.cancelled
+    assert second.blocks_done + second.blocks_skipped == second.blocks_total
+    predict(rgb_image, conv_model, tmp_path / "u.zarr", tile=64, chunk=64, block=64, device="cpu")
+    for level in ("0", "1"):
+        np.testing.assert_array_equal(zarr.open_group(tmp_path / "c.zarr", mode="r")[level][:],
+                                      zarr.open_group(tmp_path / "u.zarr", mode="r")[level][:])
+
+
+def test_bad_inputs_get_clear_errors(conv_model, rgb_image, tmp_path):
+    with pytest.raises(HiresError, match="2 channels but the model takes 3"):
+        predict(rgb_image[..., :2], conv_model, tmp_path / "a.zarr", device="cpu")
+    with pytest.raises(HiresError, match="not inside the image"):
+        predict(rgb_image, conv_model, tmp_path / "b.zarr", region=(0, 400, 0, 100), device="cpu")
+    with pytest.raises(HiresError, match="unknown model 'hct_tiny_sge'"):
+        predict(rgb_image, "hct_tiny_sge", tmp_path / "c.zarr", device="cpu")
+    with pytest.raises(HiresError, match="not a napari_hires HiresModel"):
+        predict(rgb_image, torch.nn.Conv2d(3, 2, 1), tmp_path / "d.zarr", device="cpu")
+    predict(rgb_image[:64, :64], conv_model, tmp_path / "e.zarr", device="cpu")
+    other = ConvNet(depth=2).eval()
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        predict(rgb_image[:64, :64], other, tmp_path / "e.zarr", device="cpu")
+
+
+def test_xt_tiles_are_windows_of_regions(rgb_image, tmp_path):
+    plan = plan_prediction(rgb_image, "xt_nano_seg", tmp_path / "x.zarr")
+    model = plan.net
+    assert plan.layout.tile == model.tile_size == model.config.window_regions * model.config.region_size
+    assert plan.layout.tile % model.input_multiple == 0
