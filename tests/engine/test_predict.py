@@ -14,6 +14,7 @@ from napari_hires.engine import Box, CancelToken, TileLayout, TileRunner, plan_p
 from napari_hires.errors import HiresError, ImageReadError, OutputExistsError
 from napari_hires.io.downsample import downsample_mode
 from napari_hires.io.readers import open_image
+from napari_hires.models.files import card_for
 
 
 def _whole(model, image: np.ndarray) -> torch.Tensor:
@@ -139,3 +140,5 @@ def test_xt_tiles_are_windows_of_regions(rgb_image, tmp_path):
     model = plan.net
     assert plan.layout.tile == model.tile_size == model.config.window_regions * model.config.region_size
     assert plan.layout.tile % model.input_multiple == 0
+    card = card_for(model)
+    assert card.tile_size == plan.layout.tile and "windows of 8 x 8 regions" in card.tiling

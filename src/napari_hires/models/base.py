@@ -69,6 +69,19 @@ class HiresModel(nn.Module):
             return out
         return out[..., :h, :w]
 
+    @property
+    def tiling_rule(self) -> str:
+        """How the engine should tile this model, in a sentence for the model card."""
+        return getattr(self, "_tiling_rule", None) or (
+            f"tiles of {self.tile_size} px (a multiple of {self.input_multiple}); neighbouring tiles overlap by "
+            f"2 x halo = {2 * self.halo} px of distrusted context (the receptive field reaches about "
+            f"{self.receptive_field // 2} px) plus a cross-fade"
+        )
+
+    @tiling_rule.setter
+    def tiling_rule(self, text: str) -> None:
+        self._tiling_rule = text
+
     def describe(self) -> dict[str, Any]:
         """The facts the engine and the model card need, as plain JSON-able values."""
         return {
@@ -80,6 +93,7 @@ class HiresModel(nn.Module):
             "receptive_field": self.receptive_field,
             "halo": self.halo,
             "tile_size": self.tile_size,
+            "tiling": self.tiling_rule,
             "config": asdict(self.config) if is_dataclass(self.config) else self.config,
         }
 

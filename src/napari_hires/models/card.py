@@ -36,6 +36,7 @@ class ModelCard:
     input_multiple: int = 1
     halo: int = 0
     tile_size: int = 512
+    tiling: str = ""  # how the window and halo are chosen, in words
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -46,6 +46,7 @@ def card_for(model: HiresModel, **fields) -> ModelCard:
         input_multiple=facts["input_multiple"],
         halo=facts["halo"],
         tile_size=facts["tile_size"],
+        tiling=facts["tiling"],
     )
     for key, value in fields.items():
         setattr(card, key, value)

@@ -238,10 +238,20 @@ class XTClassifier(HiresModel):
         self.in_channels, self.out_channels = cfg.in_channels, cfg.num_classes
         self.input_multiple, self.halo = cfg.region_size, cfg.halo
         self.receptive_field = self.tile_size = cfg.window_regions * cfg.region_size
+        self.tiling_rule = _tiling_rule(cfg)
         self.config = cfg
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.encode(x, with_cls=True)[1])
+
+
+def _tiling_rule(cfg: XTConfig) -> str:
+    """The model card's sentence on tiling: windows of regions, one region of halo."""
+    window = cfg.window_regions * cfg.region_size
+    halo = f"a halo of one region ({cfg.halo} px) per side, blended away" if cfg.halo else "no halo"
+    return (f"tiles are windows of {cfg.window_regions} x {cfg.window_regions} regions of {cfg.region_size} px "
+            f"({window} px): the context encoder sees every region of the window; {halo}, because the outer ring "
+            "of regions lacks context on one side")
 
 
 def build_xt(cfg: XTConfig) -> HiresModel:
@@ -254,6 +264,7 @@ def build_xt(cfg: XTConfig) -> HiresModel:
         config=cfg,
     )
     model.tile_size = cfg.window_regions * cfg.region_size  # the engine's tile is a whole window of regions
+    model.tiling_rule = _tiling_rule(cfg)
     return model
 
 
