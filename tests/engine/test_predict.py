@@ -142,3 +142,31 @@ def test_xt_tiles_are_windows_of_regions(rgb_image, tmp_path):
     assert plan.layout.tile % model.input_multiple == 0
     card = card_for(model)
     assert card.tile_size == plan.layout.tile and "windows of 8 x 8 regions" in card.tiling
+
+
+class _SmallDevice(ConvNet):
+    """A device with room for two tiles: larger batches raise the error CUDA raises when memory runs out."""
+
+    def forward_padded(self, x):
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward_padded(x)
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on(rgb_image, tmp_path):
+    torch.manual_seed(0)
+    model = _SmallDevice().eval()
+    runner = TileRunner(model, device="cpu", batch=8)
+    bounds = Box(0, rgb_image.shape[0], 0, rgb_image.shape[1])
+    tiled, _ = runner.predict_region(rgb_image, bounds, bounds, TileLayout.for_model(64, model.halo, None, 1))
+    assert runner.batch == 2
+    reference = ConvNet().eval()
+    reference.load_state_dict(model.state_dict())
+    assert (tiled - _whole(reference, rgb_image)).abs().max() < 1e-4
+
+    class _NoRoom(ConvNet):
+        def forward_padded(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(HiresError, match="out of memory with one .* tile; use a smaller --tile"):
+        TileRunner(_NoRoom().eval(), device="cpu", batch=4).run_batch(rgb_image[None, :64, :64])

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from napari_hires.engine.device import autocast, is_out_of_memory, resolve_device, resolve_precision
-from napari_hires.engine.tiling import Box, TileLayout, tiles_for
+from napari_hires.engine.tiling import Box, TileLayout, tile_weights, tiles_for
 from napari_hires.errors import HiresError
 from napari_hires.models.base import HiresModel
 from napari_hires.models.card import Normalization
@@ -72,6 +72,7 @@ class TileRunner:
         norm = normalization or (card.normalization if card is not None else None)
         self.normalization = norm
         self._norm_cache: dict[np.dtype, tuple[float, torch.Tensor, torch.Tensor]] = {}
+        self._weight_cache: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ tensors
     def _norm(self, dtype: np.dtype, channels: int) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -109,6 +110,12 @@ class TileRunner:
             return (out * std + mean) / scale
         return torch.softmax(out, dim=1)
 
+    def weights(self, key: tuple) -> torch.Tensor:
+        """Blend weights of a tile kind, on the device, made once per kind."""
+        if key not in self._weight_cache:
+            self._weight_cache[key] = torch.from_numpy(tile_weights(*key).copy()).to(self.device)
+        return self._weight_cache[key]
+
     # ------------------------------------------------------------------ running
     def run_batch(self, tiles: np.ndarray) -> torch.Tensor:
         """Model outputs for (n, y, x, c) tiles, in sub-batches of ``self.batch`` that halve on out-of-memory."""
@@ -141,22 +148,24 @@ class TileRunner:
         tiles = tiles_for(box, image, layout)
         acc: torch.Tensor | None = None
         wsum = torch.zeros(box.shape, dtype=torch.float32, device=self.device)
-        by_shape: dict[tuple[int, int], list[tuple[Box, np.ndarray]]] = {}
-        for tile, weight in tiles:
-            by_shape.setdefault(tile.shape, []).append((tile, weight))
+        by_shape: dict[tuple[int, int], list[tuple[Box, tuple]]] = {}
+        for tile, key in tiles:
+            by_shape.setdefault(tile.shape, []).append((tile, key))
         for group in by_shape.values():
-            for start in range(0, len(group), self.batch):
+            start = 0
+            while start < len(group):  # self.batch may halve on the way (out of memory)
                 if cancel is not None:
                     cancel.check()
                 part = group[start:start + self.batch]
+                start += len(part)
                 pixels = np.stack([
                     region[t.y0 - box.y0:t.y1 - box.y0, t.x0 - box.x0:t.x1 - box.x0] for t, _ in part
                 ])
                 out = self.run_batch(pixels)
                 if acc is None:
                     acc = torch.zeros((out.shape[1], *box.shape), dtype=torch.float32, device=self.device)
-                for (t, w), o in zip(part, out):
-                    wt = torch.from_numpy(w).to(self.device)
+                for (t, key), o in zip(part, out):
+                    wt = self.weights(key)
                     ys, xs = slice(t.y0 - box.y0, t.y1 - box.y0), slice(t.x0 - box.x0, t.x1 - box.x0)
                     acc[:, ys, xs] += o * wt
                     wsum[ys, xs] += wt
@@ -166,8 +175,11 @@ class TileRunner:
     def classify_tiles(self, tiles: np.ndarray, cancel: CancelToken | None = None) -> torch.Tensor:
         """Class probabilities (n, classes) of (n, y, x, c) tiles, batch by batch."""
         out = []
-        for start in range(0, len(tiles), self.batch):
+        start = 0
+        while start < len(tiles):  # self.batch may halve on the way (out of memory)
             if cancel is not None:
                 cancel.check()
-            out.append(self.run_batch(tiles[start:start + self.batch]))
+            part = tiles[start:start + self.batch]
+            out.append(self.run_batch(part))
+            start += len(part)
         return torch.cat(out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -112,15 +113,24 @@ def context_box(target: Box, image: Box, layout: TileLayout) -> Box:
     return Box(y0, y1, x0, x1)
 
 
-def tiles_for(region: Box, image: Box, layout: TileLayout) -> list[tuple[Box, np.ndarray]]:
-    """Tiles (in level coordinates) covering ``region`` and each one's 2-d blend weights."""
+@lru_cache(maxsize=64)
+def tile_weights(shape: tuple[int, int], margin: int, blend: int, tapers: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """2-d blend weights of a tile of ``shape`` whose (top, bottom, left, right) edges taper where ``tapers`` says."""
+    wy = edge_weights(shape[0], margin, blend, tapers[0], tapers[1])
+    wx = edge_weights(shape[1], margin, blend, tapers[2], tapers[3])
+    weights = np.outer(wy, wx)
+    weights.flags.writeable = False  # shared by every tile of the same kind
+    return weights
+
+
+def tiles_for(region: Box, image: Box, layout: TileLayout) -> list[tuple[Box, tuple]]:
+    """Tiles (in level coordinates) covering ``region``, each with the key of its weights (see :func:`tile_weights`)."""
     out = []
     ys = tile_starts(region.y0, region.y1, layout.tile, layout.overlap)
     xs = tile_starts(region.x0, region.x1, layout.tile, layout.overlap)
     for y in ys:
         for x in xs:
             box = Box(y, min(y + layout.tile, region.y1), x, min(x + layout.tile, region.x1))
-            wy = edge_weights(box.y1 - box.y0, layout.margin, layout.blend, box.y0 > image.y0, box.y1 < image.y1)
-            wx = edge_weights(box.x1 - box.x0, layout.margin, layout.blend, box.x0 > image.x0, box.x1 < image.x1)
-            out.append((box, np.outer(wy, wx)))
+            tapers = (box.y0 > image.y0, box.y1 < image.y1, box.x0 > image.x0, box.x1 < image.x1)
+            out.append((box, (box.shape, layout.margin, layout.blend, tapers)))
     return out

@@ -1,0 +1,219 @@
+"""The same blocks as :func:`~napari_hires.engine.predict`, run as tasks on a dask.distributed cluster.
+
+The client plans the run (creating or reopening the output store) and finishes it (coarser levels, metadata). A
+worker plugin carries the job once per worker: the input path, the model (a file path, or its weights) and the
+settings; each worker opens the input by path, builds the model and reopens the store the first time it gets a
+block. Tasks carry only block coordinates, so a million-block run costs the scheduler a million tiny tasks, and a
+block written by a worker is recorded in the store's journal exactly as in a local run: results are identical, and
+a rerun on any cluster (or locally) resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from dataclasses import astuple
+from typing import Any
+
+from distributed import Client, WorkerPlugin, as_completed, get_worker
+from distributed.scheduler import KilledWorker
+
+from napari_hires.engine.predict import PredictionPlan, PredictionResult, Progress, plan_prediction
+from napari_hires.engine.runner import CancelToken
+from napari_hires.errors import HiresError, OutputExistsError
+
+#: Seconds to wait for a cluster that has no workers yet before giving up.
+WORKER_WAIT = 60.0
+
+
+def predict_distributed(
+    image_path: str | os.PathLike,
+    model: Any,
+    out: str | os.PathLike,
+    *,
+    client: Client,
+    level: int = 0,
+    region: tuple[int, int, int, int] | None = None,
+    tile: int = 512,
+    overlap: int | None = None,
+    block: int | None = None,
+    chunk: int = 512,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    batch: int = 4,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
+) -> PredictionResult:
+    """Predict the image at ``image_path`` with ``model`` into ``out`` on the workers of ``client``.
+
+    Arguments mean what they mean for :func:`~napari_hires.engine.predict`; ``device``, ``precision`` and
+    ``batch`` apply on each worker. Paths must name the same files on every worker (a shared file system).
+    Setting ``cancel`` stops handing out blocks; those in flight finish, and rerunning the same call resumes.
+    """
+    if not isinstance(image_path, (str, os.PathLike)):
+        raise HiresError("a cluster run opens its input by path on every worker: pass a file path (write in-memory "
+                         "images to OME-Zarr first with napari_hires.io.ome_zarr_writer.write_ome_zarr)")
+    if batch < 1:
+        raise HiresError(f"batch must be at least 1, got {batch}")
+    t0 = time.perf_counter()
+    image, out = os.path.abspath(image_path), os.path.abspath(out)
+    options = dict(level=level, region=region, tile=tile, overlap=overlap, block=block, chunk=chunk,
+                   probabilities=probabilities)
+    plan = plan_prediction(image, model, out, overwrite=overwrite, **options)
+    cancel = cancel or CancelToken()
+    pixels = tiles = written = 0
+    if plan.todo:
+        plugin = BlockWorker(image, out, options, _model_spec(model, plan),
+                             dict(device=device, precision=precision, batch=batch))
+        pixels, tiles, written = _schedule(client, plugin, plan, progress, cancel)
+    cancelled = written < len(plan.todo)
+    if not cancelled:
+        plan.spec.finish()
+    return PredictionResult(
+        path=out, task=plan.net.task, pixels=pixels, seconds=time.perf_counter() - t0, tiles=tiles,
+        tile_pixels=plan.layout.tile ** 2, blocks_done=written, blocks_skipped=plan.skipped,
+        blocks_total=len(plan.todo) + plan.skipped, cancelled=cancelled, layout=plan.layout,
+    )
+
+
+def _model_spec(model: Any, plan: PredictionPlan) -> dict[str, Any]:
+    """How workers get the client's model: a model file by path, anything else as its weights and registry name."""
+    if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
+        return {"file": os.path.abspath(model)}  # what resolve_model loads as a model file
+    net = plan.net
+    name = getattr(net, "registry_name", None)
+    if name is None:
+        raise HiresError(f"{type(net).__name__} was not built by napari_hires.models.create_model, so workers cannot "
+                         "rebuild it; save it with napari_hires.models.save_model and pass the file")
+    from safetensors.torch import save
+
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
+    return {"name": name, "overrides": dict(getattr(net, "registry_overrides", {})),
+            "card": getattr(net, "card", None), "weights": save(state)}
+
+
+def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan, progress: Progress | None,
+              cancel: CancelToken) -> tuple[int, int, int]:
+    """Hand out the plan's blocks (a bounded number in flight), gather them; returns (pixels, tiles, blocks)."""
+    _wait_for_workers(client)
+    name = f"napari-hires-{uuid.uuid4().hex[:12]}"
+    client.register_plugin(plugin, name=name)
+    total, done = len(plan.todo) + plan.skipped, plan.skipped
+    pixels = tiles = written = 0
+    window = max(2, 2 * sum(client.nthreads().values()))
+    todo = iter(plan.todo)
+    boxes: dict[str, Any] = {}
+    running = as_completed()
+
+    def submit() -> None:
+        item = None if cancel.cancelled else next(todo, None)
+        if item is None:
+            return
+        index, box, want = item
+        future = client.submit(_run_block, name, index, astuple(box), astuple(want),
+                               key=f"{name}-block-{index[0]}-{index[1]}", pure=False)
+        boxes[future.key] = box
+        running.add(future)
+
+    try:
+        for _ in range(window):
+            submit()
+        for future in running:
+            block_pixels, block_tiles = future.result()  # re-raises a worker's error here
+            pixels, tiles, written, done = pixels + block_pixels, tiles + block_tiles, written + 1, done + 1
+            if progress is not None:
+                progress(done, total, boxes.pop(future.key))
+            submit()
+    except KilledWorker as err:
+        client.cancel(list(running.futures))
+        raise HiresError(f"dask workers kept dying on a block ({err}); give workers more memory or use a smaller "
+                         "--tile or --batch, then rerun the same command to resume") from None
+    except BaseException:
+        client.cancel(list(running.futures))
+        raise
+    finally:
+        client.unregister_worker_plugin(name)
+    return pixels, tiles, written
+
+
+def _wait_for_workers(client: Client) -> None:
+    if client.nthreads():
+        return
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT)
+    except TimeoutError:
+        raise HiresError(f"the dask cluster at {client.scheduler.address} has had no workers for {WORKER_WAIT:.0f} s; "
+                         "start some (dask worker ADDRESS) or use --workers N for a local cluster") from None
+
+
+def _run_block(plugin: str, index: tuple[int, int], box: tuple[int, ...], want: tuple[int, ...]) -> tuple[int, int]:
+    """The task: one block on this worker's cached job; returns (pixels, tiles)."""
+    return get_worker().plugins[plugin].run(index, box, want)
+
+
+class BlockWorker(WorkerPlugin):
+    """One run's job on one worker: the input, model and store, opened on the worker's first block and kept.
+
+    Blocks run one at a time per worker (the model lives on one device), with torch using the worker's threads.
+    """
+
+    def __init__(self, image: str, out: str, options: dict[str, Any], model: dict[str, Any],
+                 runner: dict[str, Any]) -> None:
+        self.image, self.out, self.options, self.model, self.runner = image, out, options, model, runner
+        self.job: Any = None
+
+    def setup(self, worker: Any) -> None:
+        self.threads = worker.state.nthreads
+        self.lock = threading.Lock()
+
+    def teardown(self, worker: Any) -> None:
+        self.job = None
+
+    def run(self, index: tuple[int, int], box: tuple[int, ...], want: tuple[int, ...]) -> tuple[int, int]:
+        from napari_hires.engine.tiling import Box
+
+        with self.lock:
+            if self.job is None:
+                self.job = self._open()
+            before = self.job.tiles
+            want_box = Box(*want)
+            self.job.predict_block(tuple(index), Box(*box), want_box)
+            return want_box.shape[0] * want_box.shape[1], self.job.tiles - before
+
+    def _open(self) -> Any:
+        """Open input, model and store as the client planned them (the same run record reopens the same store)."""
+        import torch
+
+        from napari_hires.engine.predict import BlockJob
+        from napari_hires.engine.runner import TileRunner
+
+        torch.set_num_threads(self.threads)
+        try:
+            plan = plan_prediction(self.image, self._build_model(), self.out, overwrite=False, **self.options)
+        except OutputExistsError:
+            raise HiresError(
+                f"a worker could not reopen the output {self.out} that the client created: it sees another input, "
+                "model or store there. Run workers where the input, model file and output paths name the same files "
+                "as on the client (a shared file system)"
+            ) from None
+        return BlockJob(plan, TileRunner(plan.net, **self.runner))
+
+    def _build_model(self) -> Any:
+        if "file" in self.model:
+            from napari_hires.models.files import load_model
+
+            return load_model(self.model["file"])
+        from safetensors.torch import load
+
+        from napari_hires.models.files import load_weights
+        from napari_hires.models.registry import create_model
+
+        net = create_model(self.model["name"], **self.model["overrides"])
+        load_weights(net, load(self.model["weights"]), f"the client's {self.model['name']} weights")
+        if self.model["card"] is not None:
+            net.card = self.model["card"]
+        return net
