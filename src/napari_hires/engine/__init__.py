@@ -8,6 +8,7 @@ from napari_hires.engine.predict import (
     predict,
     resolve_model,
 )
+from napari_hires.engine.preview import PreviewResult, PreviewService, predict_rectangle
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
 from napari_hires.engine.tiling import Box, TileLayout
 
@@ -18,9 +19,12 @@ __all__ = [
     "Cancelled",
     "PredictionPlan",
     "PredictionResult",
+    "PreviewResult",
+    "PreviewService",
     "TileLayout",
     "TileRunner",
     "plan_prediction",
     "predict",
+    "predict_rectangle",
     "resolve_model",
 ]

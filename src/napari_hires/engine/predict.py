@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from napari_hires.engine.output import OutputSpec, create_output, run_record, weights_digest
+from napari_hires.engine.regions import channel_adapter, classify_pixels, dense_output, heatmap_input, read_padded
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
 from napari_hires.engine.source import ImageSource, as_source
 from napari_hires.engine.tiling import Box, TileLayout, context_box
@@ -76,18 +77,6 @@ def resolve_model(model: str | os.PathLike | HiresModel) -> HiresModel:
     return create_model(text)
 
 
-def _channel_adapter(have: int, want: int, name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Make (y, x, have) pixels into (y, x, want): gray to RGB by repetition, RGBA to RGB by dropping alpha."""
-    if have == want:
-        return lambda a: a
-    if have == 1 and want == 3:
-        return lambda a: np.repeat(a, 3, axis=-1)
-    if have == 4 and want == 3:
-        return lambda a: a[..., :3]
-    raise HiresError(f"{name} has {have} channels but the model takes {want}; choose a model for {have}-channel "
-                     "images or convert the image")
-
-
 def _default_block(chunk: int, tile: int) -> int:
     """Blocks of whole chunks, about four tiles a side: large enough that context margins cost little."""
     return max(chunk, math.ceil(4 * tile / chunk) * chunk)
@@ -125,7 +114,7 @@ def plan_prediction(
     """Resolve the input and model, lay out tiles and blocks, and create (or reopen, to resume) the output store."""
     source = as_source(image, level)
     net = resolve_model(model)
-    _channel_adapter(source.channels, net.in_channels, source.name)
+    channel_adapter(source.channels, net.in_channels, source.name)
     layout = TileLayout.for_model(tile or net.tile_size, net.halo, overlap, net.input_multiple)
     bounds = source.bounds
     target = bounds if region is None else _check_region(region, bounds)
@@ -242,7 +231,7 @@ class BlockJob:
                  progress: Progress | None = None) -> None:
         self.plan, self.runner = plan, runner
         self.source, self.layout, self.spec = plan.source, plan.layout, plan.spec
-        self.adapt = _channel_adapter(plan.source.channels, plan.net.in_channels, plan.source.name)
+        self.adapt = channel_adapter(plan.source.channels, plan.net.in_channels, plan.source.name)
         self.classify, self.stride = plan.classify, plan.stride
         self.cancel, self.progress = cancel or CancelToken(), progress
         self.total, self.done = len(plan.todo) + plan.skipped, plan.skipped
@@ -252,7 +241,7 @@ class BlockJob:
 
     def predict_block(self, index: tuple[int, int], box: Box, want: Box) -> None:
         """Read, predict and write one block, then record it in the journal (no threads of its own)."""
-        context = self._context(want)
+        context = self._context(box, want)
         outputs = self._compute(box, want, self._read(context), context)
         self._write(index, box, outputs)
         with self._lock:
@@ -303,7 +292,7 @@ class BlockJob:
             for index, box, want in todo:
                 if stop.is_set():
                     return
-                context = self._context(want)
+                context = self._context(box, want)
                 pixels = self._read(context)
                 while not stop.is_set():
                     try:
@@ -315,59 +304,31 @@ class BlockJob:
             inbox.put(err)
 
     # -------------------------------------------------------------- one block
-    def _context(self, want: Box) -> Box:
-        if not self.classify:
-            return context_box(want, self.source.bounds, self.layout)
-        half = self.layout.tile // 2
-        s = self.stride
-        return Box(want.y0 + s // 2 - half, want.y0 + s // 2 - half + _span(want.y0, want.y1, s, self.layout.tile),
-                   want.x0 + s // 2 - half, want.x0 + s // 2 - half + _span(want.x0, want.x1, s, self.layout.tile))
+    def _context(self, box: Box, want: Box) -> Box:
+        """Input read for a block: its pixels plus margin (dense), or the tiles of its heatmap pixels."""
+        if self.classify:
+            return heatmap_input(box, self.layout)
+        return context_box(want, self.source.bounds, self.layout)
 
     def _read(self, context: Box) -> np.ndarray:
-        """Pixels of ``context``; parts outside the image (classification tiles at the border) are reflected."""
-        inside = context.intersect(self.source.bounds)
-        pixels = self.adapt(self.source.read(inside))
-        pad = ((inside.y0 - context.y0, context.y1 - inside.y1), (inside.x0 - context.x0, context.x1 - inside.x1))
-        if any(p for pair in pad for p in pair):
-            mode = "reflect" if all(p < n for pair, n in zip(pad, pixels.shape) for p in pair) else "edge"
-            pixels = np.pad(pixels, pad + ((0, 0),), mode=mode)
-        return pixels
+        return read_padded(self.source, context, self.adapt)
 
     def _compute(self, box: Box, want: Box, pixels: np.ndarray, context: Box) -> dict[str, np.ndarray]:
+        """The block's arrays as stored, padded to the whole block where the scope cut it."""
         if self.classify:
-            return self._classify(box, pixels)
+            heat, n = classify_pixels(self.runner, pixels, box.shape, self.layout, self.cancel)
+            self.tiles += n
+            return {"image": heat}
         out, n = self.runner.predict_region(pixels, context, self.source.bounds, self.layout, self.cancel)
         self.tiles += n
-        ys = slice(want.y0 - context.y0, want.y1 - context.y0)
-        xs = slice(want.x0 - context.x0, want.x1 - context.x0)
-        out = out[:, ys, xs]
-        result: dict[str, np.ndarray] = {}
+        out = out[:, want.y0 - context.y0:want.y1 - context.y0, want.x0 - context.x0:want.x1 - context.x0]
         pad = ((want.y0 - box.y0, box.y1 - want.y1), (want.x0 - box.x0, box.x1 - want.x1))
-        if self.runner.task == "segmentation":
-            labels = out.argmax(0).to(torch.uint8 if out.shape[0] <= 255 else torch.int32).cpu().numpy()
-            result["labels"] = np.pad(labels, pad)
-            if len(self.spec.writers) > 1:
-                result["probabilities"] = np.pad(out.half().cpu().numpy(), ((0, 0),) + pad)
-        else:
-            dtype = self.source.dtype
-            values = out.permute(1, 2, 0).cpu().numpy()
-            if np.issubdtype(dtype, np.integer):
-                info = np.iinfo(dtype)
-                values = np.clip(np.rint(values), info.min, info.max)
-            values = values.astype(dtype)
-            if values.shape[-1] == 1:
-                values = values[..., 0]
-            result["image"] = np.pad(values, pad + ((0, 0),) * (values.ndim - 2))
+        values = dense_output(out, self.runner.task, self.source.dtype)
+        result = {"labels" if self.runner.task == "segmentation" else "image":
+                  np.pad(values, pad + ((0, 0),) * (values.ndim - 2))}
+        if self.runner.task == "segmentation" and len(self.spec.writers) > 1:
+            result["probabilities"] = np.pad(out.half().cpu().numpy(), ((0, 0),) + pad)
         return result
-
-    def _classify(self, box: Box, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """One class-probability vector per output pixel: the tile centred on it."""
-        t, s = self.layout.tile, self.stride
-        rows, cols = box.shape
-        tiles = np.stack([pixels[r * s:r * s + t, c * s:c * s + t] for r in range(rows) for c in range(cols)])
-        probs = self.runner.classify_tiles(tiles, self.cancel)
-        self.tiles += len(tiles)
-        return {"image": probs.T.reshape(-1, rows, cols).half().cpu().numpy()}
 
     def _write(self, index: tuple[int, int], box: Box, outputs: dict[str, np.ndarray]) -> None:
         ys, xs = slice(box.y0, box.y1), slice(box.x0, box.x1)
@@ -389,8 +350,3 @@ class BlockJob:
             done = self.done
         if self.progress is not None:
             self.progress(done, self.total, box)
-
-
-def _span(start: int, stop: int, stride: int, tile: int) -> int:
-    """Input pixels spanned by the tiles of output pixels [start/stride, stop/stride)."""
-    return (math.ceil((stop - start) / stride) - 1) * stride + tile

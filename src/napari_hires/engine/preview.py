@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
-from napari_hires.engine.predict import _channel_adapter
+from napari_hires.engine.regions import channel_adapter, classify_pixels, dense_output, heatmap_input, read_padded
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
 from napari_hires.engine.source import ImageSource, as_source
 from napari_hires.engine.tiling import Box, TileLayout, context_box
@@ -43,45 +42,21 @@ def predict_rectangle(
     if inside != box:
         raise HiresError(f"box {box} is not inside {source.name} (0..{source.shape[0]}, 0..{source.shape[1]}); "
                          "clip it to the image first")
-    adapt = _channel_adapter(source.channels, runner.model.in_channels, source.name)
+    adapt = channel_adapter(source.channels, runner.model.in_channels, source.name)
     if runner.task == "classification":
         return _heatmap(runner, source, box, layout, adapt, cancel)
     context = context_box(box, source.bounds, layout)
     out, _ = runner.predict_region(adapt(source.read(context)), context, source.bounds, layout, cancel)
     out = out[:, box.y0 - context.y0:box.y1 - context.y0, box.x0 - context.x0:box.x1 - context.x0]
-    if runner.task == "segmentation":
-        return out.argmax(0).to(torch.uint8 if out.shape[0] <= 255 else torch.int32).cpu().numpy()
-    values = out.permute(1, 2, 0).cpu().numpy()
-    if np.issubdtype(source.dtype, np.integer):
-        info = np.iinfo(source.dtype)
-        values = np.clip(np.rint(values), info.min, info.max)
-    return values.astype(source.dtype)
+    return dense_output(out, runner.task, source.dtype)
 
 
 def _heatmap(runner: TileRunner, source: ImageSource, box: Box, layout: TileLayout,
              adapt: Callable[[np.ndarray], np.ndarray], cancel: CancelToken | None) -> np.ndarray:
     """Class probabilities per output pixel under ``box``: each from the tile centred on that pixel's stride cell."""
-    t, s = layout.tile, output_step("classification", layout)
-    out = _out_box(box, s)
-    first_y, first_x = out.y0 * s + s // 2 - t // 2, out.x0 * s + s // 2 - t // 2
-    rows, cols = out.shape
-    pixels = _read_padded(source, Box(first_y, first_y + (rows - 1) * s + t, first_x, first_x + (cols - 1) * s + t),
-                          adapt)
-    tiles = np.stack([pixels[r * s:r * s + t, c * s:c * s + t] for r in range(rows) for c in range(cols)])
-    probs = runner.classify_tiles(tiles, cancel)
-    return probs.T.reshape(-1, rows, cols).half().cpu().numpy()
-
-
-def _read_padded(source: ImageSource, box: Box, adapt: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Pixels of ``box``; parts outside the image are mirrored (or repeated where the image is too small)."""
-    inside = box.intersect(source.bounds)
-    assert inside is not None
-    pixels = adapt(source.read(inside))
-    pad = ((inside.y0 - box.y0, box.y1 - inside.y1), (inside.x0 - box.x0, box.x1 - inside.x1))
-    if any(p for pair in pad for p in pair):
-        mode = "reflect" if all(p < n for pair, n in zip(pad, pixels.shape) for p in pair) else "edge"
-        pixels = np.pad(pixels, pad + ((0, 0),), mode=mode)
-    return pixels
+    out = _out_box(box, output_step("classification", layout))
+    pixels = read_padded(source, heatmap_input(out, layout), adapt)
+    return classify_pixels(runner, pixels, out.shape, layout, cancel)[0]
 
 
 def _out_box(box: Box, step: int) -> Box:
@@ -159,7 +134,7 @@ class PreviewService:
         self._cached = 0
         self._sources: dict[int, ImageSource] = {}
         first = self._source(0)
-        _channel_adapter(first.channels, net.in_channels, first.name)  # a model for other images fails here, at once
+        channel_adapter(first.channels, net.in_channels, first.name)  # a model for other images fails here, at once
         self._lock = threading.Condition()
         self._pending: _Request | None = None
         self._running: _Request | None = None
