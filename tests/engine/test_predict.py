@@ -170,3 +170,22 @@ def test_out_of_memory_halves_the_batch_and_goes_on(rgb_image, tmp_path):
 
     with pytest.raises(HiresError, match="out of memory with one .* tile; use a smaller --tile"):
         TileRunner(_NoRoom().eval(), device="cpu", batch=4).run_batch(rgb_image[None, :64, :64])
+
+
+def test_live_pyramid_fills_coarse_levels_as_blocks_land(conv_model, rgb_image, tmp_path):
+    checked = []
+
+    def progress(done, total, box):
+        """While the run goes on, level 2 under the new block already equals level 0 reduced twice."""
+        store = zarr.open_group(tmp_path / "live.zarr", mode="r")
+        level0 = store["0"][box.y0:box.y1, box.x0:box.x1]
+        level2 = store["2"][box.y0 // 4:-(-box.y1 // 4), box.x0 // 4:-(-box.x1 // 4)]
+        checked.append(np.array_equal(level2, downsample_mode(downsample_mode(level0, 2, "yx"), 2, "yx")))
+
+    predict(rgb_image, conv_model, tmp_path / "live.zarr", tile=64, chunk=64, block=128, device="cpu",
+            live_pyramid=True, progress=progress)
+    predict(rgb_image, conv_model, tmp_path / "plain.zarr", tile=64, chunk=64, block=128, device="cpu")
+    assert len(checked) == 3 * 5 and all(checked)
+    live, plain = (zarr.open_group(tmp_path / n, mode="r") for n in ("live.zarr", "plain.zarr"))
+    for level in plain.array_keys():
+        np.testing.assert_array_equal(live[level][:], plain[level][:])

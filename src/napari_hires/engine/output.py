@@ -25,6 +25,7 @@ import zarr
 from napari_hires.engine.tiling import Box
 from napari_hires.io.ome_zarr_writer import OmeZarrWriter
 from napari_hires.io.pyramid import Pyramid
+from napari_hires.io.pyramid_update import update_levels
 
 JOURNAL = "napari_hires_journal/blocks"
 DEFAULT_COLORS = [(0, 0, 0, 0), (0.9, 0.6, 0.7, 1), (0.5, 0.2, 0.6, 1), (0.2, 0.1, 0.5, 1),
@@ -76,6 +77,13 @@ class OutputSpec:
 
     def mark_done(self, index: tuple[int, int]) -> None:
         self.journal[index] = 1
+
+    def update_levels(self, box: Box) -> None:
+        """Recompute the coarser levels of every output over a written level-0 block."""
+        for writer in self.writers:
+            plan = writer.plans[0]
+            update_levels(writer.arrays[""], box.y0, box.y1, box.x0, box.x1, axes=plan.axes,
+                          labels=plan.pyramid.kind == "labels")
 
     def finish(self) -> None:
         """Derive every coarser level from level 0 and write the NGFF metadata (the store is complete after this)."""

@@ -173,19 +173,21 @@ def predict(
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
     prefetch: int = 2,
+    live_pyramid: bool = False,
 ) -> PredictionResult:
     """Predict ``image`` (a Pyramid, path or array; ``level`` of it) with ``model`` into the OME-Zarr store ``out``.
 
     ``region`` (y0, y1, x0, x1 in pixels of that level) or ``mask`` (a 2-d boolean array at any resolution covering
     the image; blocks it leaves empty are skipped) limit the work. ``overlap`` defaults to the model's halo plus a
     cross-fade and ``tile`` to the model's ``tile_size``. Rerunning the same call resumes an interrupted run;
-    ``overwrite`` starts again.
+    ``overwrite`` starts again. ``live_pyramid`` refreshes the coarser levels under each block as it is written,
+    so that a viewer shows the result filling in at every zoom.
     """
     t0 = time.perf_counter()
     plan = plan_prediction(image, model, out, level=level, region=region, mask=mask, tile=tile, overlap=overlap,
                            block=block, chunk=chunk, probabilities=probabilities, overwrite=overwrite)
     runner = TileRunner(plan.net, device=device, precision=precision, batch=batch)
-    job = BlockJob(plan, runner, cancel or CancelToken(), progress)
+    job = BlockJob(plan, runner, cancel or CancelToken(), progress, live_pyramid=live_pyramid)
     job.run(plan.todo, prefetch)
     if not job.cancelled:
         plan.spec.finish()
@@ -228,7 +230,7 @@ class BlockJob:
     on a cluster each worker calls :meth:`predict_block` for the blocks it is given."""
 
     def __init__(self, plan: PredictionPlan, runner: TileRunner, cancel: CancelToken | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, *, live_pyramid: bool = False) -> None:
         self.plan, self.runner = plan, runner
         self.source, self.layout, self.spec = plan.source, plan.layout, plan.spec
         self.adapt = channel_adapter(plan.source.channels, plan.net.in_channels, plan.source.name)
@@ -237,7 +239,9 @@ class BlockJob:
         self.total, self.done = len(plan.todo) + plan.skipped, plan.skipped
         self.pixels = self.tiles = self.written = 0
         self.cancelled = False
+        self.live_pyramid = live_pyramid
         self._lock = threading.Lock()
+        self._pyramid_lock = threading.Lock()  # coarse chunks are shared by neighbouring blocks
 
     def predict_block(self, index: tuple[int, int], box: Box, want: Box) -> None:
         """Read, predict and write one block, then record it in the journal (no threads of its own)."""
@@ -343,6 +347,9 @@ class BlockJob:
             root[:, ys, xs] = np.moveaxis(outputs["image"], -1, 0)
         else:
             root[ys, xs] = outputs["image"]
+        if self.live_pyramid:
+            with self._pyramid_lock:
+                self.spec.update_levels(box)
         self.spec.mark_done(index)
         with self._lock:
             self.written += 1
