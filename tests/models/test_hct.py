@@ -171,8 +171,10 @@ def test_create_model_overrides_and_bad_settings():
     cls = create_model("hct_base", in_channels=3, num_classes=5, kernel="softmax")
     assert (cls.in_channels, cls.out_channels, cls.config.kernel) == (3, 5, "softmax")
     assert cls.eval()(torch.randn(1, 3, 160, 160)).shape == (1, 5)
-    with pytest.raises(HiresError, match="unknown HCT setting"):
+    with pytest.raises(HiresError, match="unknown option.*widht.*valid options: .*channels"):
         create_model("hct_base", widht=3)
+    with pytest.raises(HiresError, match="task is fixed by the model name"):
+        create_model("hct_base", task="segmentation")
     with pytest.raises(HiresError, match="divisible by heads"):
         create_model("hct_base", channels=[16, 32, 60, 128, 256])
     with pytest.raises(HiresError, match="at least 8"):

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import dask.array as da
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec

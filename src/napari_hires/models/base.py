@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
-from typing import Any, Literal
+from dataclasses import asdict, fields, is_dataclass, replace
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,19 @@ from torch import nn
 from napari_hires.errors import HiresError
 
 Task = Literal["segmentation", "classification", "restoration"]
+ConfigT = TypeVar("ConfigT")
+
+
+def configure(name: str, base: ConfigT, overrides: dict[str, Any], *, fixed: tuple[str, ...] = ("task",),
+              note: str = "") -> ConfigT:
+    """``base`` (a config dataclass) with ``overrides`` applied, or an error naming the options a user may set."""
+    valid = {f.name for f in fields(base)} - set(fixed)
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        fixed_note = f" ({', '.join(fixed)} is fixed by the model name)" if set(unknown) & set(fixed) else ""
+        raise HiresError(f"unknown option(s) {', '.join(unknown)} for model {name!r}{fixed_note}{note}; "
+                         f"valid options: {', '.join(sorted(valid))}")
+    return replace(base, **overrides)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:

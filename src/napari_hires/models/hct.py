@@ -8,13 +8,13 @@ Follows the models SPEC.md, section 1, checked against the official code (whiter
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from napari_hires.errors import HiresError
-from napari_hires.models.base import Backbone, HiresModel
+from napari_hires.models.base import Backbone, HiresModel, configure
 from napari_hires.models.heads import ClassificationModel, SegmentationModel
 from napari_hires.models.performer import Kernel, PerformerAttention
 from napari_hires.models.registry import register_model
@@ -213,12 +213,7 @@ def build_hct(config: HCTConfig) -> HiresModel:
 
 def _configure(base: dict, overrides: dict) -> HCTConfig:
     """``HCTConfig`` from a registered configuration plus user overrides, naming any unknown override."""
-    known = {f.name for f in fields(HCTConfig)}
-    unknown = sorted(set(overrides) - (known - {"task"}))
-    if unknown:
-        raise HiresError(f"unknown HCT setting(s) {', '.join(unknown)}; known settings: "
-                         f"{', '.join(sorted(known - {'task'}))} (the task is fixed by the model name)")
-    return HCTConfig(**{**base, **overrides})
+    return configure("hct", HCTConfig(**base), overrides)
 
 
 _PUBLISHED = asdict(HCTConfig())

@@ -7,7 +7,7 @@ supervision scales); ``forward`` returns the final full-resolution restoration `
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from math import lcm
 from typing import Any
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_hires.errors import HiresError
-from napari_hires.models.base import HiresModel, pad_to_multiple
+from napari_hires.models.base import HiresModel, configure, pad_to_multiple
 from napari_hires.models.maxim_blocks import (
     SAM,
     BottleneckBlock,
@@ -263,15 +263,9 @@ def maxim_loss(
 
 
 def _configure(name: str, base: MAXIMConfig, overrides: dict[str, Any]) -> MAXIMConfig:
-    """``base`` with ``overrides`` applied, or a clear error naming the valid options."""
-    valid = {f.name for f in fields(MAXIMConfig)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise HiresError(
-            f"unknown option(s) {', '.join(unknown)} for model {name!r} (restoration models output as many channels "
-            f"as they take in); valid: {', '.join(sorted(valid))}"
-        )
-    return replace(base, **overrides)
+    """``base`` with ``overrides`` applied (restoration models output as many channels as they take in)."""
+    return configure(name, base, overrides, fixed=(),
+                     note=" (restoration models output as many channels as they take in)")
 
 
 def _builder(name: str, base: MAXIMConfig):

@@ -7,14 +7,14 @@ pixels at fixed P = G. Stride-2 convolutions use symmetric padding 1 (no pretrai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from napari_hires.errors import HiresError
-from napari_hires.models.base import Backbone
+from napari_hires.models.base import Backbone, configure
 from napari_hires.models.heads import ClassificationModel, SegmentationModel
 from napari_hires.models.layers import DropPath
 from napari_hires.models.registry import register_model
@@ -331,13 +331,7 @@ def build_segmenter(cfg: MaxViTConfig) -> SegmentationModel:
 
 def _configure(name: str, base: MaxViTConfig, overrides: dict[str, Any]) -> MaxViTConfig:
     """``base`` with ``overrides`` applied, or a clear error naming the valid options."""
-    valid = {f.name for f in fields(MaxViTConfig)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise HiresError(
-            f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid options: {', '.join(sorted(valid))}"
-        )
-    return replace(base, **overrides)
+    return configure(name, base, overrides, fixed=())
 
 
 _TINY = MaxViTConfig()

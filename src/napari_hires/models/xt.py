@@ -9,14 +9,14 @@ a LayerNorm + Linear head (classification).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from napari_hires.errors import HiresError
-from napari_hires.models.base import Backbone, HiresModel
+from napari_hires.models.base import Backbone, HiresModel, configure
 from napari_hires.models.context_encoder import ContextEncoder, Memory, grid_coords
 from napari_hires.models.hct import HCTBackbone, HCTConfig
 from napari_hires.models.heads import SegmentationModel
@@ -270,13 +270,7 @@ def build_xt(cfg: XTConfig) -> HiresModel:
 
 def _configure(name: str, base: XTConfig, overrides: dict[str, Any]) -> XTConfig:
     """``base`` with ``overrides`` applied (the task is fixed by the name), or a clear error naming valid options."""
-    valid = {f.name for f in fields(XTConfig)} - {"task"}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise HiresError(
-            f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid: {', '.join(sorted(valid))}"
-        )
-    return replace(base, **overrides)
+    return configure(name, base, overrides)
 
 
 _TINY = XTConfig()
