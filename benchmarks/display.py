@@ -101,7 +101,7 @@ def main() -> None:
 
     pixels = args.size[0] * args.size[1] if not args.store else None
     print(f"\nstore: {store}" + (f" ({pixels / 1e9:.2f} gigapixels)" if pixels else "") + f", median of {args.repeats}")
-    print(f"| reader | open (s) | first frame (s) | RSS after frame (MB) | peak RSS (MB) |")
+    print("| reader | open (s) | first frame (s) | RSS after frame (MB) | peak RSS (MB) |")
     print("|---|---|---|---|---|")
     for name in READERS:
         print(f"| {name} | {med(name, 'open_s'):.2f} | {med(name, 'frame_s'):.2f} | "

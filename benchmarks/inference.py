@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_hires.engine import TileLayout, predict
+from napari_hires.engine import predict
 from napari_hires.engine.device import autocast
 from napari_hires.engine.runner import TileRunner
+from napari_hires.engine.tiling import layout_for
 from napari_hires.io.ome_zarr_writer import write_ome_zarr
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.readers import open_image
@@ -214,7 +215,7 @@ def speed_row(name: str, side: int | None, tile: int | None, batch: int, device:
     net = make_model(name)
     side = side or DEFAULT_SIDE.get(name, 2048)
     tile = tile or net.tile_size
-    layout = TileLayout.for_model(tile, net.halo, None, net.input_multiple)
+    layout = layout_for(net, tile)
     path = slide_store(side)
     out = CACHE / "out.zarr"
     ours, monai_default, monai_equal, reads, pures = [], [], [], [], []

@@ -24,7 +24,7 @@ from napari_hires.engine.output import OutputSpec, create_output, run_record, we
 from napari_hires.engine.regions import channel_adapter, classify_pixels, dense_output, heatmap_input, read_padded
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
 from napari_hires.engine.source import ImageSource, as_source
-from napari_hires.engine.tiling import Box, TileLayout, context_box
+from napari_hires.engine.tiling import Box, TileLayout, block_side, context_box, layout_for
 from napari_hires.errors import HiresError
 from napari_hires.models.base import HiresModel
 
@@ -77,11 +77,6 @@ def resolve_model(model: str | os.PathLike | HiresModel) -> HiresModel:
     return create_model(text)
 
 
-def _default_block(chunk: int, tile: int) -> int:
-    """Blocks of whole chunks, about four tiles a side: large enough that context margins cost little."""
-    return max(chunk, math.ceil(4 * tile / chunk) * chunk)
-
-
 @dataclass
 class PredictionPlan:
     """Everything decided before the first tile runs: input, model, layout, output store and the blocks to do."""
@@ -115,13 +110,13 @@ def plan_prediction(
     source = as_source(image, level)
     net = resolve_model(model)
     channel_adapter(source.channels, net.in_channels, source.name)
-    layout = TileLayout.for_model(tile or net.tile_size, net.halo, overlap, net.input_multiple)
+    layout = layout_for(net, tile, overlap)
     bounds = source.bounds
     target = bounds if region is None else _check_region(region, bounds)
     card = getattr(net, "card", None)
     class_names = dict(card.class_names) if card and card.class_names else {
         i: f"class {i}" for i in range(net.out_channels)}
-    block = block or _default_block(chunk, layout.tile)
+    block = block or block_side(chunk, layout)
     if block % chunk:
         raise HiresError(f"block {block} must be a multiple of the chunk {chunk}, so that blocks own whole chunks")
     stride = layout.tile - layout.overlap

@@ -20,7 +20,7 @@ import numpy as np
 from napari_hires.engine.regions import channel_adapter, classify_pixels, dense_output, heatmap_input, read_padded
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
 from napari_hires.engine.source import ImageSource, as_source
-from napari_hires.engine.tiling import Box, TileLayout, context_box
+from napari_hires.engine.tiling import Box, TileLayout, context_box, layout_for
 from napari_hires.errors import HiresError
 from napari_hires.io.pyramid import Pyramid
 
@@ -123,8 +123,7 @@ class PreviewService:
     ) -> None:
         net = runner.model
         self.runner, self.pyramid = runner, pyramid
-        self.layout = layout or TileLayout.for_model(getattr(net, "tile_size", 512), net.halo,
-                                                     multiple=net.input_multiple)
+        self.layout = layout or layout_for(net)
         self.step = output_step(runner.task, self.layout)
         if cell < 1:
             raise HiresError(f"cell must be a positive number of pixels, got {cell}")

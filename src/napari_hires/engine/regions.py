@@ -44,10 +44,25 @@ def read_padded(source: ImageSource, box: Box, adapt: Adapter) -> np.ndarray:
     return pixels
 
 
+def argmax_labels(out: torch.Tensor) -> torch.Tensor:
+    """Index of the largest of (classes, y, x) per pixel, ties to the lower class like ``argmax``.
+
+    A running maximum over whole class planes: several times faster than ``argmax(0)``, which reduces across planes
+    far apart in memory.
+    """
+    labels = torch.zeros(out.shape[1:], dtype=torch.uint8 if out.shape[0] <= 255 else torch.int32, device=out.device)
+    best = out[0].clone()
+    for k in range(1, out.shape[0]):
+        wins = out[k] > best
+        labels[wins] = k
+        torch.maximum(best, out[k], out=best)
+    return labels
+
+
 def dense_output(out: torch.Tensor, task: str, dtype: np.dtype) -> np.ndarray:
     """Blended (channels, y, x) output as stored: argmax labels, or pixels in ``dtype`` ((y, x) for one channel)."""
     if task == "segmentation":
-        return out.argmax(0).to(torch.uint8 if out.shape[0] <= 255 else torch.int32).cpu().numpy()
+        return argmax_labels(out).cpu().numpy()
     values = out.permute(1, 2, 0).cpu().numpy()
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)

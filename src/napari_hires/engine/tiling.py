@@ -35,17 +35,44 @@ class TileLayout:
         return 2 * self.margin + self.blend
 
     @classmethod
-    def for_model(cls, tile: int, halo: int, overlap: int | None = None, multiple: int = 1) -> "TileLayout":
-        """Layout for a model with ``halo`` (its trusted context) and input ``multiple``; ``overlap`` overrides."""
+    def for_model(cls, tile: int, halo: int, overlap: int | None = None, multiple: int = 1,
+                  receptive_field: int = 0) -> "TileLayout":
+        """Layout for a model with ``halo`` (its trusted context) and input ``multiple``; ``overlap`` overrides.
+
+        The default overlap is ``2 * halo``, plus a cross-fade only where the model sees beyond its halo (attention):
+        when the halo covers the receptive field, cropping is already exact and a cross-fade would only cost tiles.
+        """
         if tile < 1:
             raise ValueError(f"tile must be positive, got {tile}")
         tile = math.ceil(tile / multiple) * multiple
         if overlap is None:
-            overlap = 2 * halo + max(MIN_BLEND, halo // 2)
+            sees_beyond_halo = receptive_field > 2 * halo + 1
+            overlap = 2 * halo + (max(MIN_BLEND, halo // 2) if sees_beyond_halo else 0)
         if not 0 <= overlap < tile:
             raise ValueError(f"overlap {overlap} must be at least 0 and smaller than the tile ({tile})")
-        margin = min(halo, max(0, (overlap - min(MIN_BLEND, overlap)) // 2))
+        margin = min(halo, overlap // 2)  # the rest of the overlap is cross-faded
         return cls(tile=tile, margin=margin, blend=overlap - 2 * margin)
+
+
+def layout_for(net, tile: int | None = None, overlap: int | None = None) -> TileLayout:
+    """The layout a model asks for (its tile size, halo, input multiple and receptive field), with overrides."""
+    return TileLayout.for_model(tile or net.tile_size, net.halo, overlap, net.input_multiple, net.receptive_field)
+
+
+def block_side(chunk: int, layout: TileLayout, max_tiles: int = 8) -> int:
+    """Output block side (whole chunks, 2 to ``max_tiles`` tiles) that wastes the least tile area.
+
+    A block is predicted from tiles over the block plus its margins; their count is rounded up, so some sizes fit
+    the tiles far better than others. Larger blocks hold more memory, so ties go to the smaller one.
+    """
+    best, best_cost = chunk, float("inf")
+    lo = max(chunk, math.ceil(2 * layout.tile / chunk) * chunk)
+    for side in range(lo, max(lo, max_tiles * layout.tile) + 1, chunk):
+        count = len(tile_starts(0, side + 2 * layout.margin, layout.tile, layout.overlap))
+        cost = count * layout.tile / side
+        if cost < best_cost - 1e-9:
+            best, best_cost = side, cost
+    return best
 
 
 def tile_starts(start: int, stop: int, tile: int, overlap: int) -> list[int]:
