@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from napari_hires.cli_export import add_export_parser
 from napari_hires.errors import HiresError
 
 
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pyramid)
+
+    add_export_parser(sub)
     return parser
 
 

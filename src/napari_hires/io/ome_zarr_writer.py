@@ -165,6 +165,76 @@ class OmeZarrWriter:
         _write_metadata(self.root, self.plans, self.arrays, self.labels)
 
 
+def add_labels(
+    image: str | os.PathLike,
+    name: str,
+    labels: Pyramid,
+    *,
+    chunk: int = 512,
+    overwrite: bool = False,
+    progress: Progress = False,
+) -> str:
+    """Write labels as ``labels/NAME`` of an existing OME-Zarr 0.5 image, on the image's grid and levels.
+
+    Levels are derived from level 0 (mode), as many as the image has; y/x scale and translation are the image's.
+    The name is added to the ``labels`` list only once the label image and its metadata are written and validated,
+    and a failed write removes the group, so readers never find a partial label image. Returns the group's path.
+    """
+    from dataclasses import replace
+
+    from ome_zarr_models.v05 import Image, ImageLabel
+    from ome_zarr_models.v05.labels import LabelsAttrs
+
+    from napari_hires.io.readers import open_image
+
+    out = Path(image)
+    if not name or "/" in name or name.startswith("."):
+        raise HiresError(f"label image name {name!r} is not a valid group name; use letters, digits, '-' or '_'")
+    target = open_image(out)
+    root = zarr.open_group(str(out), mode="r+")
+    if root.metadata.zarr_format != 3 or "multiscales" not in root.attrs.get("ome", {}) or target.kind != "image":
+        raise HiresError(f"{out} is not an OME-Zarr 0.5 image; write the labels to a standalone store instead, "
+                         "or convert the image with `napari-hires pyramid` first")
+    if labels.yx_shape != target.yx_shape:
+        raise HiresError(f"labels of {labels.yx_shape[0]} x {labels.yx_shape[1]} pixels do not fit {out} "
+                         f"({target.yx_shape[0]} x {target.yx_shape[1]}); export labels made on this image")
+    _check_not_source(labels, out / "labels" / name)
+    grid = {a: (target.scale[target.axes.index(a)], target.translation[target.axes.index(a)])
+            for a in labels.axes if a in target.axes}
+    labels = replace(
+        labels, name=name,
+        scale=tuple(grid.get(a, (s, 0))[0] for a, s in zip(labels.axes, labels.scale)),
+        translation=tuple(grid.get(a, (0, t))[1] for a, t in zip(labels.axes, labels.translation)),
+        units={a: u for a, u in target.units.items() if a in labels.axes},
+    )
+    plan = _plan(labels, f"labels/{name}", chunk, None, True, 1, len(target.levels))
+    group = root.require_group("labels")
+    listed = [n for n in group.attrs.get("ome", {}).get("labels", []) if n != name]
+    if name in group:
+        if not overwrite:
+            raise OutputExistsError(f"{out} already has labels/{name}; pass --overwrite (overwrite=True) to replace "
+                                    "it, or choose another name")
+        group.attrs.update({"ome": LabelsAttrs(labels=listed, version="0.5").model_dump(mode="json", by_alias=True)})
+        del group[name]
+    try:
+        arrays = _create_arrays(root, plan)
+        tick, close = _progress(progress, plan.n_blocks(), f"{out.name}/labels/{name}")
+        try:
+            with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ome-zarr-writer") as pool:
+                _write_levels(plan, arrays, pool, tick)
+        finally:
+            close()
+        root[plan.path].attrs.update({"ome": _label_ome(plan, arrays, Image, ImageLabel, "../../")})
+        ImageLabel.from_zarr(root[plan.path])
+    except BaseException:
+        if name in group:
+            del group[name]
+        raise
+    attrs = LabelsAttrs(labels=[*listed, name], version="0.5")
+    group.attrs.update({"ome": attrs.model_dump(mode="json", by_alias=True, exclude_none=True)})
+    return str(out / "labels" / name)
+
+
 # ---------------------------------------------------------------------------------------------------- planning
 
 
