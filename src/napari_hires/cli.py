@@ -10,6 +10,7 @@ import sys
 from typing import Callable, Sequence
 
 from napari_hires.cli_export import add_export_parser
+from napari_hires.cli_predict import add_predict_parser
 from napari_hires.errors import HiresError
 
 
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pyramid)
 
+    add_predict_parser(sub)
     add_export_parser(sub)
     return parser
 

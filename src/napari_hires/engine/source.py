@@ -74,7 +74,7 @@ def as_source(image: Pyramid | Any, level: int = 0) -> ImageSource:
     if isinstance(image, (str, os.PathLike)):
         from napari_hires.io.readers import open_image
 
-        image = open_image(image)
+        image = open_image(os.path.abspath(image))  # absolute: the run record must not depend on the cwd
     if isinstance(image, Pyramid):
         if not 0 <= level < len(image.levels):
             raise HiresError(f"{image.name} has levels 0 to {len(image.levels) - 1}; level {level} does not exist")
