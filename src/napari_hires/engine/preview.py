@@ -142,6 +142,11 @@ class PreviewService:
         self._thread.start()
 
     # ------------------------------------------------------------------ public
+    @property
+    def cache_info(self) -> tuple[int, int]:
+        """(cells, bytes) held in the cache."""
+        return len(self._cache), self._cached
+
     def request(self, level: int, box: Box | tuple[int, int, int, int]) -> "Future[PreviewResult]":
         """Preview ``box`` (y0, y1, x0, x1 in pixels of ``level``, clipped to it); every older request is cancelled.
 

@@ -1,0 +1,5 @@
+"""Editable label stores: check out a full-resolution window, commit it back, keep every pyramid level in step."""
+
+from napari_hires.labels.store import EditSession, LabelStore, Window
+
+__all__ = ["EditSession", "LabelStore", "Window"]
