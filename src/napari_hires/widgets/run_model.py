@@ -1,0 +1,524 @@
+"""The "Run model" dock widget: a model over an image layer (all of it, the view, or a rectangle) into a zarr store.
+
+The run goes through the engine block by block in a napari generator worker: planning creates the output store,
+whose arrays are shown at once as multiscale layers (napari's cache off), and every written block (with its coarser
+levels, ``live_pyramid``) reaches the main thread as a yielded event; a timer refreshes the layers and the progress
+at most a few times a second, so the main thread only ever slices what is on screen. Cancel sets the engine's
+CancelToken; running again with the same settings resumes, as the engine skips the blocks its journal lists.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Generator
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from napari_hires.errors import HiresError
+from napari_hires.widgets import _layers
+
+MODEL_FILE = "model file..."
+SCOPES = ("whole image", "visible region", "Shapes rectangle")
+REFRESH_MS = 250  # layer and progress refresh while running
+ESTIMATE_DEBOUNCE_MS = 400
+AUTO_BATCH = {"cpu": 2}  # any accelerator: GPU_BATCH
+GPU_BATCH = 8
+#: Parameter counts of the models built so far in this process (building every model just to label it is slow).
+_sizes: dict[str, int] = {}
+
+
+def registry_model(name: str) -> Any:
+    """A registered model built with a fixed seed, so that the same name always gives the same weights (and a rerun
+    of an untrained model resumes its own store instead of meeting a different weights digest)."""
+    import torch
+
+    from napari_hires.models import count_parameters, create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model(name)
+    _sizes[name] = count_parameters(model)
+    return model
+
+
+def auto_batch(device: str) -> int:
+    """Tiles per batch when the user leaves it on auto: small on a CPU, larger on an accelerator."""
+    from napari_hires.engine.device import resolve_device
+
+    kind = resolve_device(device).type
+    return AUTO_BATCH.get(kind, GPU_BATCH)
+
+
+def run_steps(image: Any, model: Any, out: str, *, region: _layers.Region | None, tile: int | None,
+              overlap: int | None, batch: int, device: str, precision: str, overwrite: bool, cancel: Any,
+              prefetch: int = 2) -> Generator[tuple, None, Any]:
+    """A prediction as a generator: yields ("plan", plan) once the store exists, ("block", done, total, box) per
+    written block and ("finishing",) before the coarser levels and metadata; returns the PredictionResult."""
+    from napari_hires.engine import BlockJob, TileRunner, plan_prediction
+
+    start = time.perf_counter()
+    plan = plan_prediction(image, model, out, region=region, tile=tile, overlap=overlap, overwrite=overwrite)
+    yield ("plan", plan)
+    runner = TileRunner(plan.net, device=device, precision=precision, batch=batch)
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    job = BlockJob(plan, runner, cancel, lambda done, total, box: events.put(("block", done, total, box)),
+                   live_pyramid=True)
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            job.run(plan.todo, prefetch)
+        except BaseException as err:  # re-raised in the worker below, where napari reports it
+            failure.append(err)
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=work, name="hires-run-blocks", daemon=True)
+    thread.start()
+    while (event := events.get()) is not None:
+        yield event
+    thread.join()
+    if failure:
+        raise failure[0]
+    if not job.cancelled:
+        yield ("finishing",)
+        plan.spec.finish()
+    return job.result(str(out), time.perf_counter() - start)
+
+
+class RunModelWidget(QWidget):
+    """Choose image, model, scope, device and tiling; see the estimate; Run, Cancel, resume; watch it fill in."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        from napari.layers import Image, Shapes
+
+        from napari_hires.engine.device import PRECISIONS
+        from napari_hires.models import list_models, model_entry
+
+        self.viewer = napari_viewer
+        self._types = (Image, Shapes)
+        self._entries = {name: model_entry(name) for name in list_models()}
+        self.image = ComboBox(label="image", choices=self._image_layers, nullable=True)
+        self.model = ComboBox(label="model", choices=self._model_choices(), value=self._default_model())
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.json", visible=False,
+                                   tooltip="NAME.safetensors with its NAME.json card")
+        self.scope = ComboBox(label="scope", choices=list(SCOPES), value=SCOPES[0])
+        self.shapes = ComboBox(label="rectangle", choices=self._shapes_layers, nullable=True, visible=False,
+                               tooltip="the selected (else the first) shape of this Shapes layer")
+        self.device = ComboBox(label="device", choices=self._devices(), value="auto")
+        self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value="auto")
+        self.tile = SpinBox(label="tile (0 = auto)", min=0, max=16384, step=32, value=0)
+        self.overlap = SpinBox(label="overlap (0 = auto)", min=0, max=8192, value=0)
+        self.batch = SpinBox(label="batch (0 = auto)", min=0, max=512, value=0)
+        self.auto = Label(label="auto", value="")
+        self.estimate = Label(label="estimate", value="")
+        self.output = FileEdit(label="output", mode="w", filter="*.zarr", tooltip="the prediction's .zarr store")
+        self.overwrite = CheckBox(label="overwrite", value=False,
+                                  tooltip="replace an existing store at the output instead of resuming or refusing")
+        self.resume = Label(label="resume", value="")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(label="status", value="")
+        self._form = Container(widgets=[
+            self.image, self.model, self.model_file, self.scope, self.shapes, self.device, self.precision,
+            self.tile, self.overlap, self.batch, self.auto, self.estimate, self.output, self.overwrite,
+            self.resume, Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+            self.progress, self.status,
+        ])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._form.native)
+        layout.addStretch()
+
+        self._models: dict[str, Any] = {}
+        self._model_lock = threading.Lock()
+        self._output_auto = True
+        self._setting_output = False
+        self._blocks_in_scope: int | None = None
+        self.worker: Any = None
+        self.estimate_worker: Any = None
+        self._estimate_again = False
+        self.cancel_token: Any = None
+        self._run_layer: Any = None
+        self.result: Any = None
+        self.result_layers: list[Any] = []
+        self._progress_state: tuple[int, int] | None = None
+        self._run_started = 0.0
+        self._done_at_start = 0
+        self._dirty = False
+
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(ESTIMATE_DEBOUNCE_MS)
+        self._estimate_timer.timeout.connect(self._start_estimate)
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh)
+
+        for w in (self.image, self.model, self.model_file):
+            w.changed.connect(self._on_input_changed)
+        for w in (self.scope, self.shapes, self.device, self.precision, self.tile, self.overlap, self.batch):
+            w.changed.connect(self._settings_changed)
+        self.output.changed.connect(self._on_output_changed)
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed):
+            event.connect(self._on_layers_changed)
+        camera = _layers.camera(self.viewer)
+        camera.events.center.connect(self._on_camera)
+        camera.events.zoom.connect(self._on_camera)
+        self._on_input_changed()
+
+    # ------------------------------------------------------------------ choices
+    def _image_layers(self, _widget: Any = None) -> list[Any]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, self._types[0])]
+
+    def _shapes_layers(self, _widget: Any = None) -> list[Any]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, self._types[1])]
+
+    def _model_choices(self) -> list[tuple[str, str]]:
+        """Registry names with their task and size: published (paper-sized) or small, and parameters once built."""
+        choices = []
+        for name, entry in self._entries.items():
+            size = "published" if entry.published else "small"
+            if name in _sizes:
+                size += f", {_sizes[name] / 1e6:.2f}M params"
+            choices.append((f"{name} ({entry.task}, {size})", name))
+        return [*choices, (MODEL_FILE, MODEL_FILE)]
+
+    def _show_sizes(self) -> None:
+        """Relabel the model list with the parameter counts learnt so far (the value stays)."""
+        choices = self._model_choices()
+        shown = [self.model.native.itemText(i) for i in range(self.model.native.count())]
+        if [label for label, _ in choices] != shown:
+            value = self.model.value
+            with self.model.changed.blocked():
+                self.model.choices = choices
+                self.model.value = value
+
+    def _default_model(self) -> str:
+        for name in ("hct_tiny_seg", *self._entries):
+            if name in self._entries:
+                return name
+        return MODEL_FILE
+
+    @staticmethod
+    def _devices() -> list[str]:
+        import torch
+
+        devices = ["auto", "cpu"]
+        if torch.cuda.is_available():
+            devices.append("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            devices.append("mps")
+        return devices
+
+    # ------------------------------------------------------------------ reacting to the form
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        for combo in (self.image, self.shapes):
+            combo.reset_choices()
+            if combo.value is None and combo.choices:
+                combo.value = combo.choices[0]
+
+    def _on_camera(self, _event: Any = None) -> None:
+        if self.scope.value == SCOPES[1]:
+            self._schedule_estimate()
+
+    def _on_input_changed(self, _value: Any = None) -> None:
+        self.model_file.visible = self.model.value == MODEL_FILE
+        if self._output_auto:
+            self._set_output(self._auto_output())
+        self._settings_changed()
+
+    def _settings_changed(self, _value: Any = None) -> None:
+        self.shapes.visible = self.scope.value == SCOPES[2]
+        self._schedule_estimate()
+
+    def _on_output_changed(self, _value: Any = None) -> None:
+        if not self._setting_output:
+            self._output_auto = False
+        self._show_resume()
+
+    def _set_output(self, path: Path | None) -> None:
+        if path is None:
+            return
+        self._setting_output = True
+        try:
+            self.output.value = path
+        finally:
+            self._setting_output = False
+        self._show_resume()
+
+    def _model_name(self) -> str:
+        if self.model.value == MODEL_FILE:
+            return Path(str(self.model_file.value)).stem or "model"
+        return str(self.model.value)
+
+    def _auto_output(self) -> Path | None:
+        """``<image>-<model>.zarr`` next to the image's file, else in the temporary folder; a finished store there is
+        kept, and the next free name taken."""
+        layer = self.image.value
+        if layer is None:
+            return None
+        source = _layers.layer_source(layer)
+        folder = Path(source).parent if source else Path(tempfile.gettempdir()) / "napari-hires"
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{layer.name}-{self._model_name()}").strip("_")
+        path, n = folder / f"{stem}.zarr", 2
+        from napari_hires.engine.estimate import stored_progress
+
+        while path.exists() and stored_progress(path) is None:
+            path, n = folder / f"{stem}-{n}.zarr", n + 1
+        return path
+
+    def _show_resume(self) -> None:
+        from napari_hires.engine.estimate import stored_progress
+
+        state = stored_progress(str(self.output.value)) if str(self.output.value) not in ("", ".") else None
+        if state is None:
+            self.resume.value = ""
+            return
+        done = state[0]
+        total = self._blocks_in_scope if self._blocks_in_scope is not None else state[1]
+        self.resume.value = f"resumable: {done} of {total} blocks done (Run resumes with the same settings)"
+
+    # ------------------------------------------------------------------ settings
+    def _settings(self) -> dict[str, Any]:
+        """The form's values, checked; raises HiresError with what to fix."""
+        layer = self.image.value
+        if layer is None:
+            raise HiresError("no image layer: open an image (or File > Open Sample > napari-hires) and choose it")
+        _layers.check_plane(layer)
+        if self.model.value == MODEL_FILE:
+            path = str(self.model_file.value)
+            if path in ("", ".") or not Path(path).exists():
+                raise HiresError(f"model file {path!r} does not exist: choose a NAME.safetensors with its NAME.json")
+        region = self._region(layer)
+        return dict(layer=layer, model=self.model.value, model_file=str(self.model_file.value), region=region,
+                    tile=self.tile.value or None, overlap=self.overlap.value or None,
+                    batch=self.batch.value or auto_batch(self.device.value), device=self.device.value,
+                    precision=self.precision.value)
+
+    def _region(self, layer: Any) -> _layers.Region | None:
+        if self.scope.value == SCOPES[0]:
+            return None
+        if self.scope.value == SCOPES[1]:
+            region = _layers.visible_region(self.viewer, layer)
+            if region is None:
+                raise HiresError(f"{layer.name!r} is not in view: pan to it, or choose the whole image")
+            return region
+        shapes = self.shapes.value
+        if shapes is None:
+            raise HiresError("no Shapes layer: add one, draw a rectangle on it and choose it as the rectangle")
+        region = _layers.rectangle_region(shapes, layer)
+        if region is None:
+            raise HiresError(f"the rectangle on {shapes.name!r} does not overlap {layer.name!r}: draw it on the image")
+        return region
+
+    def load_model(self, choice: str, model_file: str) -> Any:
+        """The chosen model, built (or read) once per name or file and kept for later runs and estimates."""
+        key = choice if choice != MODEL_FILE else f"{model_file}:{os.path.getmtime(model_file)}"
+        with self._model_lock:
+            if key not in self._models:
+                if choice == MODEL_FILE:
+                    from napari_hires.models import load_model
+
+                    self._models[key] = load_model(model_file)
+                else:
+                    self._models[key] = registry_model(choice)
+            return self._models[key]
+
+    # ------------------------------------------------------------------ estimate
+    def _schedule_estimate(self) -> None:
+        self._estimate_timer.start()
+
+    def _start_estimate(self) -> None:
+        """Measure (off the UI thread) what the current settings cost; one estimate at a time, none during a run."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None or self.estimate_worker is not None:
+            self._estimate_again = True
+            return
+        try:
+            settings = self._settings()
+        except HiresError as err:
+            self.estimate.value = f"({err})"
+            return
+        layer = settings["layer"]
+        self.estimate.value = "measuring the model on one tile..."
+        self._estimate_again = False
+        self.estimate_worker = create_worker(
+            self._estimate_job, settings, _layers.level0_shape(layer), _layers.level0(layer).dtype,
+            _connect={"returned": self._on_estimate, "errored": self._on_estimate_error,
+                      "finished": self._on_estimate_finished},
+        )
+
+    def _estimate_job(self, settings: dict, shape: tuple[int, int], dtype: Any) -> tuple[Any, str]:
+        from napari_hires.engine.estimate import estimate_run
+        from napari_hires.engine.tiling import layout_for
+
+        net = self.load_model(settings["model"], settings["model_file"])
+        est = estimate_run(shape, dtype, net,
+                           region=settings["region"], tile=settings["tile"], overlap=settings["overlap"],
+                           batch=settings["batch"], device=settings["device"], precision=settings["precision"])
+        default = layout_for(net)
+        auto = (f"tile {default.tile}, overlap {default.overlap}, batch {auto_batch(settings['device'])}"
+                f" · {net.task}, {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M params")
+        return est, auto
+
+    def _on_estimate(self, result: tuple[Any, str]) -> None:
+        est, auto = result
+        self.estimate.value = est.describe()
+        self.auto.value = auto
+        self._show_sizes()
+        self._blocks_in_scope = est.geometry.blocks
+        self._show_resume()
+
+    def _on_estimate_error(self, err: Exception) -> None:
+        self.estimate.value = f"(cannot estimate: {err})"
+        if not isinstance(err, (HiresError, ValueError, FileNotFoundError)):
+            raise err
+
+    def _on_estimate_finished(self) -> None:
+        self.estimate_worker = None
+        if self._estimate_again:
+            self._schedule_estimate()
+
+    # ------------------------------------------------------------------ running
+    def start(self) -> None:
+        """Run (or resume) the model with the form's settings in a thread worker."""
+        from napari.qt.threading import create_worker
+
+        from napari_hires.engine import CancelToken
+
+        if self.worker is not None:
+            return
+        try:
+            settings = self._settings()
+        except HiresError as err:
+            self.status.value = f"error: {err}"
+            return
+        if self._output_auto:
+            self._set_output(self._auto_output())
+        out = str(self.output.value)
+        if out in ("", "."):
+            self.status.value = "error: choose an output .zarr path"
+            return
+        self.cancel_token = CancelToken()
+        self._run_layer = settings["layer"]
+        self.result, self._progress_state, self._dirty = None, None, False
+        self.worker = create_worker(
+            self._run_job, settings, out, self.overwrite.value, self.cancel_token, _start_thread=False,
+            _connect={"yielded": self._on_event, "returned": self._on_result, "errored": self._on_error,
+                      "finished": self._on_finished},
+        )
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "preparing..."
+        self._refresh_timer.start()
+        self.worker.start()
+
+    def _run_job(self, settings: dict, out: str, overwrite: bool, cancel: Any) -> Generator[tuple, None, Any]:
+        net = self.load_model(settings["model"], settings["model_file"])
+        image = _layers.engine_input(settings["layer"])
+        return (yield from run_steps(
+            image, net, out, region=settings["region"], tile=settings["tile"], overlap=settings["overlap"],
+            batch=settings["batch"], device=settings["device"], precision=settings["precision"],
+            overwrite=overwrite, cancel=cancel,
+        ))
+
+    def cancel(self) -> None:
+        """Stop the run between two tile batches; blocks already written stay, so Run resumes from there."""
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+            self.status.value = "cancelling..."
+
+    def _on_event(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "plan":
+            self._add_layers(event[1])
+        elif kind == "block":
+            self._progress_state = (event[1], event[2])
+            self._dirty = True
+        elif kind == "finishing":
+            self.status.value = "writing the coarser levels and metadata..."
+
+    def _add_layers(self, plan: Any) -> None:
+        """Show the store being written: replace layers of an earlier run into the same store, keep their place."""
+        layer = self._run_layer
+        out = str(plan.spec.writers[0].out)
+        for old in [lay for lay in self.viewer.layers if lay.metadata.get("source") == out]:
+            self.viewer.layers.remove(old)
+        step = plan.stride if plan.classify else 1
+        limits = None if layer.rgb else layer.contrast_limits
+        scale, translate = tuple(layer.scale[-2:]), tuple(layer.translate[-2:])
+        self.result_layers = []
+        for data, meta, kind in _layers.prediction_layers(plan.spec, out, scale=scale, translate=translate,
+                                                          step=step, contrast_limits=limits):
+            added = getattr(self.viewer, f"add_{kind}")(data, **meta)
+            self.result_layers.extend(added if isinstance(added, list) else [added])
+        total = len(plan.todo) + plan.skipped
+        self._done_at_start = plan.skipped
+        self._run_started = time.perf_counter()
+        self._progress_state = (plan.skipped, total)
+        self._blocks_in_scope = total
+        self._dirty = True
+        self.status.value = f"running: {plan.skipped} of {total} blocks already done" if plan.skipped else "running"
+
+    def _refresh(self) -> None:
+        """Refresh the result layers and the progress once per tick, only when blocks landed since the last."""
+        if not self._dirty or self._progress_state is None:
+            return
+        self._dirty = False
+        for layer in self.result_layers:
+            if layer in self.viewer.layers:
+                layer.refresh()
+        done, total = self._progress_state
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+        written = done - self._done_at_start
+        if self.worker is not None and written > 0 and done < total:
+            left = (time.perf_counter() - self._run_started) / written * (total - done)
+            from napari_hires.engine.estimate import format_seconds
+
+            self.status.value = f"{done}/{total} blocks · ~{format_seconds(left)} left"
+        elif self.worker is not None:
+            self.status.value = f"{done}/{total} blocks"
+
+    def _on_result(self, result: Any) -> None:
+        self.result = result
+        if result.cancelled:
+            self.status.value = (f"cancelled: {result.blocks_done + result.blocks_skipped} of {result.blocks_total} "
+                                 "blocks done; Run resumes")
+        else:
+            self.status.value = (f"done: {result.blocks_done} blocks in {result.seconds:.1f} s"
+                                 + (f" ({result.blocks_skipped} from an earlier run)" if result.blocks_skipped
+                                    else "") + f" → {result.path}")
+
+    def _on_error(self, err: Exception) -> None:
+        """User errors (bad settings, an output in the way) go to the status line; anything else is a bug."""
+        if isinstance(err, (HiresError, FileNotFoundError, FileExistsError, ValueError)):
+            self.status.value = f"error: {err}"
+            return
+        self.status.value = f"failed: {type(err).__name__}: {err}"
+        raise err
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._refresh_timer.stop()
+        self._dirty = True
+        self._refresh()
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        self._show_resume()
+        if self._estimate_again:
+            self._schedule_estimate()

@@ -1,0 +1,371 @@
+"""The "Run model" widget in a real viewer: a model over a Shapes rectangle of the synthetic slide gives the same
+labels as the engine called directly, the result layers appear at once and fill in, Cancel then Run resumes to the
+same result, the main thread never stalls long while it runs, and the form shows its estimate."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from napari.layers import Labels
+from qtpy.QtCore import QTimer
+
+from napari_hires.engine import predict
+from napari_hires.engine.estimate import run_geometry
+from napari_hires.io.synthetic import synthetic_slide
+from napari_hires.models import create_model, registry, save_model
+from napari_hires.models.base import HiresModel
+from napari_hires.models.files import card_for
+from napari_hires.widgets import _layers
+from napari_hires.widgets.run_model import MODEL_FILE, SCOPES, RunModelWidget
+
+WAIT_MS = 60_000  # generous: the machine is shared
+SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
+# A rectangle with corners on the pixel centres (900, 880) and (1160, 1150): pixels 900..1160 by 880..1150,
+# across four output blocks of 1024 px.
+CORNERS = (900, 880), (1160, 1150)
+REGION = (900, 1161, 880, 1151)
+SETTINGS = dict(tile=128, overlap=32, batch=4)
+CLASSES = {0: "background", 1: "stroma", 2: "epithelium", 3: "nuclei"}
+COLORS = {0: [0.0, 0.0, 0.0, 0.0], 1: [0.9, 0.5, 0.6, 1.0], 2: [0.4, 0.1, 0.6, 1.0], 3: [0.1, 0.1, 0.5, 1.0]}
+
+
+@pytest.fixture(scope="module")
+def slide() -> list[np.ndarray]:
+    """The 2048 x 2048 synthetic slide's levels, rendered once into memory."""
+    image, _ = synthetic_slide((2048, 2048))
+    return [np.asarray(level) for level in image.levels]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> str:
+    """A small HCT segmentation model saved as a model file whose card names the classes and their colours."""
+    torch.manual_seed(0)
+    model = create_model("hct_tiny_seg")
+    path = tmp_path_factory.mktemp("model") / "tiny_seg.safetensors"
+    save_model(model, path, card_for(model, class_names=CLASSES, class_colors=COLORS))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def direct(slide, model_file, tmp_path_factory) -> np.ndarray:
+    """Level 0 of the engine's own prediction over the same region with the same settings."""
+    out = tmp_path_factory.mktemp("direct") / "direct.zarr"
+    predict(slide[0], model_file, out, region=REGION, device="cpu", **SETTINGS)
+    return zarr.open_group(str(out), mode="r")["0"][...]
+
+
+def setup_widget(viewer, slide, model_file, out) -> tuple[RunModelWidget, object]:
+    """The slide as a multiscale image layer (with a scale and offset), a rectangle over it, and the form filled in
+    as a user would fill it."""
+    image = viewer.add_image(slide, multiscale=True, rgb=True, name="slide", scale=SCALE, translate=TRANSLATE)
+    world = [[t + c * s for c, s, t in zip(corner, SCALE, TRANSLATE)] for corner in CORNERS]
+    (y0, x0), (y1, x1) = world
+    shapes = viewer.add_shapes([[[y0, x0], [y0, x1], [y1, x1], [y1, x0]]], shape_type="rectangle", name="roi")
+    widget = RunModelWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image.value = image
+    widget.model.value = MODEL_FILE
+    widget.model_file.value = model_file
+    widget.scope.value = SCOPES[2]
+    widget.shapes.value = shapes
+    widget.device.value = "cpu"
+    widget.tile.value, widget.overlap.value = SETTINGS["tile"], SETTINGS["overlap"]
+    widget.batch.value = SETTINGS["batch"]
+    widget.output.value = out
+    return widget, image
+
+
+def wait_for_run(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.result is not None, widget.status.value
+
+
+def settle(qtbot, widget) -> None:
+    """Wait for the form's estimate (it measures the model off the UI thread) so that no worker outlives the test."""
+    qtbot.waitUntil(lambda: widget.estimate_worker is None and not widget._estimate_timer.isActive(), timeout=WAIT_MS)
+
+
+def labels_layer(viewer, out):
+    (layer,) = [lay for lay in viewer.layers if lay.metadata.get("source") == str(out)]
+    return layer
+
+
+class StallMeter:
+    """A 10 ms QTimer on the main thread: the gaps between its ticks are the main thread's stalls.
+
+    Gaps in which napari creates a layer (adds it, and draws the frame that first shows it: its visuals, controls
+    and shaders) are napari's own one-off cost of a new layer and are kept apart from the run's stalls.
+    """
+
+    def __init__(self, viewer) -> None:
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.last = 0.0
+        self.gaps: list[tuple[float, float]] = []
+        self.creating: list[float] = []  # when a layer was inserted, and when the next frame was drawn
+        self._inserted = False
+        viewer.layers.events.inserted.connect(self._on_insert)
+        viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(self._on_draw)
+
+    def _on_insert(self, _event) -> None:
+        self.creating.append(time.perf_counter())
+        self._inserted = True
+
+    def _on_draw(self, _event) -> None:
+        if self._inserted:
+            self.creating.append(time.perf_counter())
+            self._inserted = False
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append((self.last, now))
+        self.last = now
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+        self._tick()
+
+    def longest(self, creating_layers: bool = False) -> float:
+        """The longest gap in which napari created a layer, or the longest other gap."""
+        def creates(gap: tuple[float, float]) -> bool:
+            return any(gap[0] <= t <= gap[1] for t in self.creating)
+
+        return max((b - a for a, b in self.gaps if creates((a, b)) == creating_layers), default=0.0)
+
+
+def test_run_on_rectangle_matches_engine(make_napari_viewer, qtbot, slide, model_file, direct, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    out = tmp_path / "run.zarr"
+    widget, image = setup_widget(viewer, slide, model_file, out)
+
+    # The estimate: the blocks and tiles the engine lays out, a time and a memory figure.
+    qtbot.waitUntil(lambda: re.search(r"\d+ blocks, \d+ tiles · ~[\d.]+ (s|min)", widget.estimate.value) is not None,
+                    timeout=WAIT_MS)
+    torch.manual_seed(0)
+    geometry = run_geometry((2048, 2048), create_model("hct_tiny_seg"), region=REGION,
+                            tile=SETTINGS["tile"], overlap=SETTINGS["overlap"])
+    assert widget.estimate.value.startswith(f"{geometry.blocks} blocks, {geometry.tiles} tiles")
+    assert re.search(r"[\d.]+ (KiB|MiB|GiB) RAM", widget.estimate.value)
+    assert "overlap" in widget.auto.value and "batch 2" in widget.auto.value  # the automatic values, shown
+
+    meter = StallMeter(viewer)
+    seen: list[int] = []  # result layers in the viewer at each block event
+
+    def on_event(event: tuple) -> None:
+        if event[0] == "block":
+            seen.append(sum(lay in viewer.layers for lay in widget.result_layers))
+
+    meter.start()
+    widget.run_button.native.click()
+    widget.worker.yielded.connect(on_event)
+    wait_for_run(qtbot, widget)
+    meter.stop()
+
+    result = widget.result
+    assert not result.cancelled and result.blocks_done == result.blocks_total == geometry.blocks == 4
+    assert widget.status.value.startswith("done")
+    assert widget.progress.value == widget.progress.max == 4
+    assert seen == [1, 1, 1, 1]  # the result layer was there from the first block on
+    stall, creating = meter.longest(), meter.longest(creating_layers=True)
+    print(f"longest main-thread stall during the run: {stall * 1000:.0f} ms "
+          f"(napari creating the result layer: {creating * 1000:.0f} ms; run {result.seconds:.1f} s)")
+    assert stall < 0.2, f"the main thread stalled for {stall * 1000:.0f} ms"
+
+    layer = labels_layer(viewer, out)
+    assert layer.multiscale and isinstance(layer, Labels)
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    got = np.asarray(layer.data[0])
+    np.testing.assert_array_equal(got, direct)
+    y0, y1, x0, x1 = REGION
+    assert got[y0:y1, x0:x1].any() and not got[:y0].any() and not got[:, x1:].any()
+    # The model card's classes and colours.
+    np.testing.assert_allclose(layer.colormap.map(np.array([1]))[0], COLORS[1])
+    assert list(layer.features["class"]) == list(CLASSES.values())
+    # Coarser levels follow level 0.
+    assert np.asarray(layer.data[1]).any()
+    settle(qtbot, widget)
+
+
+def test_cancel_then_run_again_resumes(make_napari_viewer, qtbot, slide, model_file, direct, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    out = tmp_path / "resume.zarr"
+    widget, _ = setup_widget(viewer, slide, model_file, out)
+
+    settle(qtbot, widget)  # the estimate has timed the model: from here on only the run calls it
+    # The user cancels on seeing the first block land. So that the run cannot finish first on a fast machine, the
+    # model's second call (the second block: each block is one batch here) waits until that click has happened.
+    clicked = threading.Event()
+    calls = []
+    journal = lambda: zarr.open_group(str(out), mode="r")["napari_hires_journal/blocks"][...]  # noqa: E731
+
+    def wait_for_click(*_: object) -> None:
+        calls.append(1)
+        if len(calls) >= 2:
+            assert clicked.wait(WAIT_MS / 1000)
+
+    def cancel_after_first_block(event: tuple) -> None:
+        if event[0] == "block" and not clicked.is_set():
+            widget.cancel_button.native.click()
+            clicked.set()
+
+    net = widget.load_model(MODEL_FILE, model_file)  # the instance the widget runs
+    hook = net.register_forward_pre_hook(wait_for_click)
+    try:
+        widget.run_button.native.click()
+        widget.worker.yielded.connect(cancel_after_first_block)
+        wait_for_run(qtbot, widget)
+    finally:
+        hook.remove()
+    first = widget.result
+    assert first.cancelled and 1 <= first.blocks_done < first.blocks_total
+    assert widget.status.value.startswith("cancelled")
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    done = first.blocks_done
+    assert re.match(rf"resumable: {done} of 4 blocks done", widget.resume.value)
+    # The layer shows the written blocks, and only those.
+    shown = np.asarray(labels_layer(viewer, out).data[0])
+    block = 1024
+    for (r, c), written in np.ndenumerate(journal()):
+        tile = (slice(r * block, (r + 1) * block), slice(c * block, (c + 1) * block))
+        if written:
+            np.testing.assert_array_equal(shown[tile], direct[tile])
+        else:
+            assert not shown[tile].any()
+    assert journal().sum() == done
+
+    widget.result = None
+    widget.run_button.native.click()
+    wait_for_run(qtbot, widget)
+    second = widget.result
+    assert not second.cancelled
+    assert second.blocks_skipped == done and second.blocks_done == 4 - done
+    assert widget.resume.value == ""
+    layers = [lay for lay in viewer.layers if lay.metadata.get("source") == str(out)]
+    assert len(layers) == 1  # the resumed run replaced the cancelled run's layer
+    np.testing.assert_array_equal(np.asarray(layers[0].data[0]), direct)
+    settle(qtbot, widget)
+
+
+def test_scopes_in_pixels(make_napari_viewer, qtbot, model_file, slide, tmp_path):
+    """The visible region and a rectangle in level-0 pixels of an image with a scale and an offset; a missing
+    rectangle is a message in the form, not a traceback."""
+    viewer = make_napari_viewer(show=True)
+    widget, image = setup_widget(viewer, slide, model_file, tmp_path / "x.zarr")
+    assert _layers.rectangle_region(widget.shapes.value, image) == REGION
+
+    camera = _layers.camera(viewer)
+    camera.center = (TRANSLATE[0] + 500 * SCALE[0], TRANSLATE[1] + 700 * SCALE[1])
+    camera.zoom = 4.0  # 4 screen px per world unit: 2 per pixel of scale 0.5
+    h, w = viewer.canvas.size
+    y0, y1, x0, x1 = _layers.visible_region(viewer, image)
+    assert abs((y0 + y1) / 2 - 500) <= 1 and abs((x0 + x1) / 2 - 700) <= 1
+    assert abs((y1 - y0) - h / 4 / SCALE[0]) <= 2 and abs((x1 - x0) - w / 4 / SCALE[1]) <= 2
+
+    camera.zoom = 0.01  # the whole slide and more: clipped to the image
+    assert _layers.visible_region(viewer, image) == (0, 2048, 0, 2048)
+
+    widget.shapes.value.data = []
+    widget.run_button.native.click()
+    assert widget.worker is None and widget.status.value.startswith("error: Shapes layer 'roi' has no shapes")
+    settle(qtbot, widget)
+
+
+RESTORER = "tiny_restorer_for_run_model_tests"
+
+
+class TinyRestorer(HiresModel):
+    """Two 3x3 convolutions added to the input: a restoration model fast enough for a CPU test."""
+
+    task = "restoration"
+    in_channels = out_channels = 3
+    halo = 4
+    tile_size = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                       torch.nn.Conv2d(8, 3, 3, padding=1))
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.5 * self.net(x)
+
+
+@pytest.fixture
+def tiny_restorer(monkeypatch) -> None:
+    """TinyRestorer in the model registry, for this test only."""
+    registry.list_models()  # the built-in families first
+    monkeypatch.setitem(registry._REGISTRY, RESTORER, registry.ModelEntry(
+        RESTORER, "test", "restoration", TinyRestorer, "two convolutions"))
+
+
+@pytest.mark.parametrize("name, tile, overlap", [(RESTORER, 128, 16), ("hct_tiny_cls", 128, 32)])
+def test_restoration_image_and_classification_heatmap(make_napari_viewer, qtbot, tmp_path, tiny_restorer, name,
+                                                      tile, overlap):
+    """A restoration model gives an RGB Image of the restored pixels; a tile classifier an inferno heatmap of its
+    positive class, one pixel per tile stride, centred on its cells; both as the engine computes them."""
+    from napari_hires.engine.estimate import stored_progress
+    from napari_hires.io.synthetic import render_region
+    from napari_hires.widgets.run_model import registry_model
+
+    pixels = render_region(0, 3000, 3300, 5000, 5300, size=(16384, 16384))  # 300 x 300 RGB
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(pixels, rgb=True, name="patch", scale=SCALE, translate=TRANSLATE)
+    widget = RunModelWidget(viewer)
+    widget.image.value = image
+    widget.model.value = name
+    widget.device.value = "cpu"
+    widget.tile.value, widget.overlap.value = tile, overlap
+    out = tmp_path / "out.zarr"
+    widget.output.value = out
+    widget.run_button.native.click()
+    wait_for_run(qtbot, widget)
+    assert not widget.result.cancelled and stored_progress(out) is None  # finished: nothing left to resume
+
+    direct = tmp_path / "direct.zarr"
+    predict(pixels, registry_model(name), direct, tile=tile, overlap=overlap, batch=2, device="cpu")
+    want = zarr.open_group(str(direct), mode="r")["0"][...]
+    (layer,) = [lay for lay in viewer.layers if lay.metadata.get("source") == str(out)]
+    got = np.asarray(layer.data[0])
+    if name == RESTORER:
+        assert layer.rgb and got.shape == pixels.shape and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, np.moveaxis(want, 0, -1))
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+    else:
+        assert layer.colormap.name == "inferno" and tuple(layer.contrast_limits) == (0.0, 1.0)
+        np.testing.assert_array_equal(got, want[-1])  # the positive (last) class
+        assert got.shape == (4, 4)  # 300 px in tiles of stride 96
+        np.testing.assert_allclose(layer.scale, np.asarray(SCALE) * 96)
+        np.testing.assert_allclose(layer.translate, np.asarray(TRANSLATE) + 47.5 * np.asarray(SCALE))
+    settle(qtbot, widget)
+
+
+def test_engine_input_is_the_file_when_the_layer_shows_it(tmp_path):
+    """A layer read from a file gives the engine that file (a stable run record, so a later session resumes);
+    a layer whose data is not the file's level 0 gives its own pixels."""
+    from napari.layers import Image
+
+    from napari_hires.io.ome_zarr_writer import write_ome_zarr
+    from napari_hires.io.readers import open_image
+
+    image, _ = synthetic_slide((512, 512))
+    path = write_ome_zarr(image, tmp_path / "slide.zarr", derive_levels=True, min_size=128)
+    (data, meta, _kind), = open_image(path).layer_data()
+    layer = Image(data, **meta)
+    assert _layers.layer_source(layer) == str(path)
+    assert _layers.engine_input(layer) == str(path)
+    cropped = Image(np.asarray(data[0])[:256], rgb=True, metadata={"source": str(path)})
+    assert isinstance(_layers.engine_input(cropped), np.ndarray)
+    assert _layers.engine_input(Image(np.zeros((64, 64)))).shape == (64, 64)
