@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_hires.engine.tiling import Box, TileLayout, block_side, context_box, layout_for, tile_starts
+from napari_hires.engine.tiling import Box, TileLayout, context_box, layout_for, output_grid, tile_starts
 
 #: Input blocks the pipeline holds at once (prefetched, being read, being predicted), and output blocks.
 INPUT_BLOCKS_IN_FLIGHT = 4
@@ -71,7 +71,7 @@ def run_geometry(
 ) -> RunGeometry:
     """Blocks and tiles of ``model`` over ``region`` (or all) of a ``shape`` image, laid out as the engine does."""
     layout = layout_for(model, tile, overlap)
-    block = block_side(chunk, layout)
+    _, block, _ = output_grid(layout, model.task, chunk)
     h, w = shape
     bounds = Box(0, h, 0, w)
     target = bounds if region is None else Box(*region).intersect(bounds)

@@ -24,7 +24,7 @@ from napari_hires.engine.output import OutputSpec, create_output, run_record, we
 from napari_hires.engine.regions import channel_adapter, classify_pixels, dense_output, heatmap_input, read_padded
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
 from napari_hires.engine.source import ImageSource, as_source
-from napari_hires.engine.tiling import Box, TileLayout, block_side, context_box, layout_for
+from napari_hires.engine.tiling import Box, TileLayout, context_box, layout_for, output_grid
 from napari_hires.errors import HiresError
 from napari_hires.models.base import HiresModel
 
@@ -116,13 +116,12 @@ def plan_prediction(
     card = getattr(net, "card", None)
     class_names = dict(card.class_names) if card and card.class_names else {
         i: f"class {i}" for i in range(net.out_channels)}
-    block = block or block_side(chunk, layout)
-    if block % chunk:
-        raise HiresError(f"block {block} must be a multiple of the chunk {chunk}, so that blocks own whole chunks")
     stride = layout.tile - layout.overlap
     classify = net.task == "classification"
+    chunk, block, factor = output_grid(layout, net.task, chunk, block)
+    if block % chunk:
+        raise HiresError(f"block {block} must be a multiple of the chunk {chunk}, so that blocks own whole chunks")
     out_shape = (math.ceil(source.shape[0] / stride), math.ceil(source.shape[1] / stride)) if classify else source.shape
-    factor = stride if classify else 1
     run = run_record(
         input=source.origin, shape=source.shape, dtype=str(source.dtype), model=getattr(net, "registry_name", None)
         or type(net).__name__, weights=weights_digest(net), task=net.task, tile=layout.tile, margin=layout.margin,

@@ -75,6 +75,19 @@ def block_side(chunk: int, layout: TileLayout, max_tiles: int = 8) -> int:
     return best
 
 
+def output_grid(layout: TileLayout, task: str, chunk: int, block: int | None = None) -> tuple[int, int, int]:
+    """(output chunk, output block, input pixels per output pixel) of a run.
+
+    Dense outputs share the input's grid. A classification heatmap has one pixel per tile stride, so its chunks
+    hold a few tiles a side: a block then reads about as many input pixels as a dense block does.
+    """
+    if task == "classification":
+        stride = layout.tile - layout.overlap
+        chunk = min(chunk, max(1, round(4 * layout.tile / stride)))
+        return chunk, block or chunk, stride
+    return chunk, block or block_side(chunk, layout), 1
+
+
 def tile_starts(start: int, stop: int, tile: int, overlap: int) -> list[int]:
     """Tile origins covering [start, stop) with tiles of ``tile`` pixels overlapping by at least ``overlap``.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import threading
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
@@ -33,6 +34,7 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _loaded = False
+_load_lock = threading.RLock()  # widgets list models from worker threads while the main thread may be loading
 
 
 def register_model(name: str, *, family: str, task: Task, description: str = "", published: bool = False):
@@ -48,20 +50,24 @@ def register_model(name: str, *, family: str, task: Task, description: str = "",
 
 
 def _ensure_loaded() -> None:
+    """Import the built-in families and entry points once; other threads wait until the registry is whole."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for family in _BUILTIN_FAMILIES:
-        try:
-            importlib.import_module(f"napari_hires.models.{family}")
-        except ModuleNotFoundError as err:
-            if err.name != f"napari_hires.models.{family}":
-                raise
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        loaded = ep.load()
-        if callable(loaded):
-            loaded()
+    with _load_lock:
+        if _loaded:
+            return
+        for family in _BUILTIN_FAMILIES:
+            try:
+                importlib.import_module(f"napari_hires.models.{family}")
+            except ModuleNotFoundError as err:
+                if err.name != f"napari_hires.models.{family}":
+                    raise
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            loaded = ep.load()
+            if callable(loaded):
+                loaded()
+        _loaded = True
 
 
 def list_models(pattern: str = "*", task: Task | None = None) -> list[str]:
