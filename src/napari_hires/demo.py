@@ -18,12 +18,26 @@ def add_slide_layers(viewer: Any, size: tuple[int, int] | None = None, seed: int
     return layers
 
 
-def open_demo_viewer(size: tuple[int, int] | None = None) -> Any:
-    """A shown napari viewer with the synthetic slide, framed on the whole slide."""
+#: The workflow's widgets, docked by the demo (tabbed after the first).
+DEMO_WIDGETS = ("Run model", "Correct labels", "Export labels", "Restoration preview")
+
+
+def open_demo_viewer(size: tuple[int, int] | None = None, *, widgets: bool = True) -> Any:
+    """A shown napari viewer with the synthetic slide, framed on the whole slide, the workflow widgets docked."""
     import napari
 
     viewer = napari.Viewer(title="napari-hires demo")
     add_slide_layers(viewer, size)
+    if widgets:
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QApplication
+
+        docks = [viewer.window.add_plugin_dock_widget("napari-hires", name, tabify=i > 0)[0]
+                 for i, name in enumerate(DEMO_WIDGETS)]
+        QApplication.processEvents()  # let napari tabify the docks before choosing the front one
+        docks[0].raise_()  # "Run model" in front
+        window = viewer.window._qt_window  # napari has no public call to size a dock area
+        window.resizeDocks(docks[:1], [420], Qt.Orientation.Horizontal)
     return viewer
 
 

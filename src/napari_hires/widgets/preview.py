@@ -29,6 +29,8 @@ from napari_hires.widgets import _layers
 PREVIEW_LAYER = "restoration preview"
 MODEL_FILE = "model file..."
 DEBOUNCE_MS = 250
+#: The trained demo denoiser first, then the smallest untrained MAXIM.
+PREFERRED_MODELS = ("maxim_nano_denoise_synthetic", "maxim_nano")
 COMPARE_MODES = ("overlay", "split", "original")
 
 
@@ -89,7 +91,7 @@ class RestorationPreviewWidget(QWidget):
         models = list_models(task="restoration")
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.model = ComboBox(label="model", choices=[*models, MODEL_FILE],
-                              value="maxim_nano" if "maxim_nano" in models else (models or [MODEL_FILE])[0])
+                              value=next((m for m in PREFERRED_MODELS if m in models), (models or [MODEL_FILE])[0]))
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.json",
                                    tooltip="NAME.safetensors with its NAME.json card", visible=False)
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")

@@ -177,6 +177,9 @@ class RunModelWidget(QWidget):
         camera = _layers.camera(self.viewer)
         camera.events.center.connect(self._on_camera)
         camera.events.zoom.connect(self._on_camera)
+        for label in (self.auto, self.estimate, self.resume, self.status):
+            label.native.setWordWrap(True)  # long messages wrap instead of widening the dock
+        self._on_layers_changed()  # layers that were there before the widget
         self._on_input_changed()
 
     # ------------------------------------------------------------------ choices
@@ -207,7 +210,7 @@ class RunModelWidget(QWidget):
                 self.model.value = value
 
     def _default_model(self) -> str:
-        for name in ("hct_tiny_seg", *self._entries):
+        for name in ("hct_tiny_seg_synthetic", "hct_tiny_seg", *self._entries):  # trained demo weights first
             if name in self._entries:
                 return name
         return MODEL_FILE
@@ -227,8 +230,9 @@ class RunModelWidget(QWidget):
     def _on_layers_changed(self, _event: Any = None) -> None:
         for combo in (self.image, self.shapes):
             combo.reset_choices()
-            if combo.value is None and combo.choices:
-                combo.value = combo.choices[0]
+            layers = [c for c in combo.choices if c is not None]  # nullable combos list None first
+            if combo.value is None and layers:
+                combo.value = layers[0]
 
     def _on_camera(self, _event: Any = None) -> None:
         if self.scope.value == SCOPES[1]:
