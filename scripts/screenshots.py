@@ -20,12 +20,12 @@ SLIDE = (8192, 8192)
 REGION = (3072, 4096, 3072, 4096)  # level-0 rectangle the model runs on
 
 
-def wait_until(condition, timeout: float = 600.0) -> None:
-    """Process Qt events until ``condition()`` holds; fail loudly after ``timeout`` seconds."""
+def wait_until(condition, timeout: float = 600.0, status=None) -> None:
+    """Process Qt events until ``condition()`` holds; fail loudly (with the widget's status) after ``timeout``."""
     end = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > end:
-            raise TimeoutError(f"gave up waiting after {timeout:.0f} s")
+            raise TimeoutError(f"gave up waiting after {timeout:.0f} s; status: {status() if status else '?'}")
         QApplication.processEvents()
         time.sleep(0.02)
 
@@ -87,9 +87,11 @@ def main(out: Path) -> None:
     editing = next(layer for layer in viewer.layers if "editing" in layer.name)
     editing.brush_size = 40
     for t in np.linspace(0, 1, 25):  # a stroke across the view, class 3 (nucleus)
-        editing.paint((focus[0] - 120 + 240 * t, focus[1] - 150 + 300 * t), 3, refresh=False)
+        world = (focus[0] - 120 + 240 * t, focus[1] - 150 + 300 * t)
+        editing.paint(editing.world_to_data(world), 3, refresh=False)
     editing.refresh()
-    wait_until(lambda: str(correct.status.value).startswith("saved"), timeout=120)
+    wait_until(lambda: str(correct.status.value).startswith("saved"), timeout=120,
+               status=lambda: correct.status.value)
     save(viewer, out / "correct_labels.png")
     correct.commit_button.clicked.emit()
     wait_until(lambda: not any("editing" in layer.name for layer in viewer.layers), timeout=120)
