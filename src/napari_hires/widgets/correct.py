@@ -22,6 +22,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.labels.store import MAX_SIDE, EditSession, LabelStore
+from napari_hires.widgets import _layers
 
 _SAVED, _COMMIT, _DISCARD = "saved", "commit", "discard"
 #: Delay between leaving paint mode and removing a closed editing layer (a few frames; see _close_session).
@@ -113,7 +114,7 @@ class CorrectLabelsWidget(QWidget):
 
     def _view_in_pixels(self, layer: Any) -> tuple[np.ndarray, np.ndarray]:
         """Center and extent (y, x) of the canvas in the layer's level-0 pixels."""
-        camera = self.viewer.camera
+        camera = _layers.camera(self.viewer)
         center = np.asarray(layer.world_to_data(np.asarray(camera.center)[-layer.ndim:]))[-2:]
         extent = np.asarray(self.viewer.canvas.size, dtype=float) / camera.zoom
         return center, extent / np.abs(np.asarray(layer.scale[-2:], dtype=float))
@@ -188,7 +189,7 @@ class CorrectLabelsWidget(QWidget):
         layer = self.viewer.add_labels(
             session.data, name=f"{source.name} (editing {w.y0}:{w.y1}, {w.x0}:{w.x1})", scale=scale,
             translate=np.asarray(source.translate[-2:], dtype=float) + scale * (w.y0, w.x0),
-            colormap=source.colormap.copy(), features=source.features,
+            colormap=source.colormap.model_copy(), features=source.features,
         )
         self.session, self.edit_layer = session, layer
         layer.events.paint.connect(self._schedule_save)  # strokes, fills, polygons, erasing
