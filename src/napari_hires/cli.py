@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 from napari_hires.cli_export import add_export_parser
 from napari_hires.cli_predict import add_predict_parser
+from napari_hires.cli_train import add_train_parser
 from napari_hires.errors import HiresError
 
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pyramid)
 
     add_predict_parser(sub)
+    add_train_parser(sub)
     add_export_parser(sub)
     return parser
 

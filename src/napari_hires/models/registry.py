@@ -17,7 +17,7 @@ from napari_hires.errors import HiresError
 from napari_hires.models.base import HiresModel, Task
 
 ENTRY_POINT_GROUP = "napari_hires.models"
-_BUILTIN_FAMILIES = ("hct", "maxvit", "maxim", "xt")
+_BUILTIN_FAMILIES = ("hct", "maxvit", "maxim", "xt", "shipped")  # shipped: trained demo weights
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,62 @@
+"""``napari-hires train``: fine-tune a model on corrected labels, or train a denoiser on the image itself."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from napari_hires.errors import HiresError
+    from napari_hires.io.readers import open_image
+    from napari_hires.training import TrainSettings, fine_tune, train_self_supervised
+
+    settings = TrainSettings(steps=args.steps, batch=args.batch, tile=args.tile, lr=args.lr, device=args.device,
+                             seed=args.seed)
+    regions = [tuple(args.region)] if args.region else None
+    image = open_image(args.image)
+
+    def report(step) -> None:
+        if not args.quiet and (step.step == 1 or step.step % 10 == 0 or step.step == step.steps):
+            print(f"step {step.step}/{step.steps}  loss {step.loss:.4f}  {step.seconds:.0f}s", flush=True)
+
+    if args.self_supervised:
+        if args.labels:
+            raise HiresError("--self-supervised trains on the image alone; drop the LABELS argument")
+        job = train_self_supervised(image, args.model, args.out, level=args.level, regions=regions,
+                                    settings=settings, callback=report, overwrite=args.overwrite)
+    else:
+        if not args.labels or not args.model:
+            raise HiresError("fine-tuning needs LABELS and --model NAME|FILE (or pass --self-supervised to train a "
+                             "denoiser on the image alone)")
+        job = fine_tune(image, open_image(args.labels), args.model, args.out, level=args.level, regions=regions,
+                        zero_is_unlabelled=args.zero_is_unlabelled, settings=settings, callback=report,
+                        overwrite=args.overwrite)
+    print(f"trained {job.result.steps_done} steps in {job.result.seconds:.0f}s on {job.result.device}; "
+          f"wrote {job.path}")
+    return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``train`` sub-command."""
+    p = sub.add_parser("train", help="fine-tune a model on corrected labels, or train a denoiser self-supervised")
+    p.add_argument("image", help="image to train on (OME-Zarr, zarr, TIFF, ...)")
+    p.add_argument("labels", nargs="?", help="labels on that image (classes 0..K-1, 255 = unlabelled)")
+    p.add_argument("--model", help="registered name or model file to start from (default for --self-supervised: "
+                                   "a small MAXIM)")
+    p.add_argument("--out", required=True, help="model file to write (NAME.safetensors + NAME.json)")
+    p.add_argument("--self-supervised", action="store_true",
+                   help="learn to denoise IMAGE from itself (blind-spot / Noise2Void), no labels")
+    p.add_argument("--zero-is-unlabelled", action="store_true",
+                   help="labels are scribbles where 0 means unlabelled and label v is class v-1")
+    p.add_argument("--region", nargs=4, type=int, metavar=("Y0", "Y1", "X0", "X1"),
+                   help="train only on this level-0 region")
+    p.add_argument("--level", type=int, default=0, help="pyramid level to train on")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no loss per step")
+    p.set_defaults(func=_cmd_train)

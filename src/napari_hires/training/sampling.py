@@ -1,0 +1,227 @@
+"""Training tiles from a pyramid level and its labels: regions read once, tiles drawn around labelled pixels.
+
+Label convention: model classes are ``0 .. K-1`` and ``ignore_index`` (255 by default) marks unlabelled pixels, which
+never count in the loss, so a corrected window, a few scribbles or a sparse layer all train the model. A scribble
+layer where 0 means "no label" is read with ``zero_is_unlabelled=True``: value ``v > 0`` is class ``v - 1``.
+Training regions are level-0 boxes ``(y0, y1, x0, x1)`` (e.g. the windows a user corrected) or, without them, the
+whole level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from napari_hires.engine.source import ImageSource, as_source
+from napari_hires.engine.tiling import Box
+from napari_hires.errors import HiresError
+
+IGNORE_INDEX = 255
+#: Largest region (pixels) read into memory at once; bigger images train on regions or random windows of them.
+MAX_REGION_PIXELS = 2**26
+#: Side of the random windows drawn from an image too large to read whole (self-supervised training).
+RANDOM_WINDOW = 1024
+
+Region = tuple[int, int, int, int]
+
+
+@dataclass
+class Patch:
+    """One training region in memory: (y, x, c) pixels and (y, x) classes (``None`` for self-supervised data)."""
+
+    image: np.ndarray
+    labels: np.ndarray | None
+    origin: tuple[int, int]  # (y, x) of the region in level pixels
+    _labelled: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """Flat indices of labelled pixels (every pixel for unlabelled data), computed once."""
+        if self._labelled is None:
+            if self.labels is None:
+                self._labelled = np.arange(self.image.shape[0] * self.image.shape[1])
+            else:
+                self._labelled = np.flatnonzero(self.labels.ravel() != IGNORE_INDEX)
+        return self._labelled
+
+
+def to_classes(raw: np.ndarray, num_classes: int | None, *, ignore_index: int = IGNORE_INDEX,
+               zero_is_unlabelled: bool = False, name: str = "labels") -> np.ndarray:
+    """Label values -> uint8 model classes with ``IGNORE_INDEX`` for unlabelled pixels (see the module docstring)."""
+    raw = np.asarray(raw)
+    if raw.dtype.kind not in "iub":
+        raise HiresError(f"{name} must hold integer classes, not {raw.dtype}; paint labels, not an image")
+    raw = raw.astype(np.int64)
+    unlabelled = raw == 0 if zero_is_unlabelled else raw == ignore_index
+    classes = raw - 1 if zero_is_unlabelled else raw
+    bad = ~unlabelled & ((classes < 0) | (num_classes is not None and classes >= num_classes) | (classes >= 255))
+    if bad.any():
+        value = int(raw[bad][0])
+        top = f"{num_classes - 1}" if num_classes is not None else "254"
+        shift = " (with zero_is_unlabelled, label v is class v-1)" if zero_is_unlabelled else ""
+        raise HiresError(
+            f"{name} hold the value {value}, which is neither a class 0..{top}{shift} nor the unlabelled value "
+            f"{0 if zero_is_unlabelled else ignore_index}; relabel it, or choose a model with more classes"
+        )
+    out = classes.astype(np.uint8)
+    out[unlabelled] = IGNORE_INDEX
+    return out
+
+
+def _level_box(region: Sequence[int], factor: tuple[float, float], bounds: Box) -> Box:
+    """A level-0 region (y0, y1, x0, x1) in pixels of a level with downsampling ``factor``, checked against it."""
+    try:
+        y0, y1, x0, x1 = (int(v) for v in region)
+    except (TypeError, ValueError):
+        raise HiresError(f"a training region is four integers y0 y1 x0 x1 (level-0 pixels), got {region!r}") from None
+    fy, fx = factor
+    box = Box(math.floor(y0 / fy), math.ceil(y1 / fy), math.floor(x0 / fx), math.ceil(x1 / fx))
+    inside = box.intersect(bounds)
+    if y1 <= y0 or x1 <= x0 or inside is None or inside != box:
+        raise HiresError(f"training region {region!r} is empty or outside the image (level-0 size "
+                         f"{round(bounds.y1 * fy)} x {round(bounds.x1 * fx)}); give y0 < y1 and x0 < x1 inside it")
+    return box
+
+
+def random_regions(shape: tuple[int, int], count: int, side: int, rng: np.random.Generator) -> list[Box]:
+    """``count`` windows of ``side`` px at random places of a level of ``shape`` (seeded, for huge images)."""
+    h, w = shape
+    sy, sx = min(side, h), min(side, w)
+    return [Box(y, y + sy, x, x + sx) for y, x in
+            zip(rng.integers(0, h - sy + 1, count), rng.integers(0, w - sx + 1, count))]
+
+
+def _source(data: Any, level: int, what: str) -> ImageSource:
+    """A level of a Pyramid, a path or an array as an engine source."""
+    try:
+        return as_source(data, level)
+    except HiresError as err:
+        raise HiresError(f"{what}: {err}") from None
+
+
+def read_patches(
+    image: Any,
+    labels: Any = None,
+    *,
+    level: int = 0,
+    regions: Sequence[Region] | None = None,
+    num_classes: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    zero_is_unlabelled: bool = False,
+    seed: int = 0,
+) -> list[Patch]:
+    """Read the training regions of ``image`` (and ``labels``, same level) into memory as :class:`Patch` es.
+
+    ``image``/``labels`` are Pyramids, paths or arrays; ``regions`` are level-0 boxes. Without regions the whole
+    level is read, or, for unlabelled data on an image larger than ``MAX_REGION_PIXELS``, random windows of it.
+    """
+    src = _source(image, level, "training image")
+    lab = None if labels is None else _source(labels, level, "training labels")
+    if lab is not None and lab.shape != src.shape:
+        raise HiresError(f"the labels ({lab.shape[0]} x {lab.shape[1]} at level {level}) do not cover the image "
+                         f"({src.shape[0]} x {src.shape[1]}); give the labels drawn on this image")
+    if lab is not None and lab.channels != 1:
+        raise HiresError(f"training labels must be one channel, got {lab.channels}; pass a Labels layer or store")
+    factor = _factor(image, level)
+    if regions:
+        boxes = [_level_box(r, factor, src.bounds) for r in regions]
+    elif src.shape[0] * src.shape[1] <= MAX_REGION_PIXELS:
+        boxes = [src.bounds]
+    elif lab is None:
+        count = max(1, MAX_REGION_PIXELS // (4 * RANDOM_WINDOW**2))
+        boxes = random_regions(src.shape, count, RANDOM_WINDOW, np.random.default_rng(seed))
+    else:
+        raise HiresError(f"the image is {src.shape[0]} x {src.shape[1]} pixels at level {level}, too large to train "
+                         "on whole; give the corrected regions (y0 y1 x0 x1) to train on")
+    patches = []
+    for box in boxes:
+        pixels = src.read(box)
+        classes = None
+        if lab is not None:
+            classes = to_classes(lab.read(box)[..., 0], num_classes, ignore_index=ignore_index,
+                                 zero_is_unlabelled=zero_is_unlabelled, name=f"labels in {box}")
+        patches.append(Patch(pixels, classes, (box.y0, box.x0)))
+    if lab is not None and not any(len(p.labelled) for p in patches):
+        raise HiresError("the training regions hold no labelled pixels; paint or correct some labels first")
+    return patches
+
+
+def _factor(image: Any, level: int) -> tuple[float, float]:
+    """(y, x) downsampling of ``level`` relative to level 0 (1 for plain arrays)."""
+    factors = getattr(image, "downsample_factors", None)
+    return factors()[level] if callable(factors) else (1.0, 1.0)
+
+
+class TileSampler:
+    """Draws square tiles from patches, each around a random labelled pixel, so sparse labels are found quickly.
+
+    Patches smaller than the tile are padded (reflected pixels, unlabelled classes). Patches are chosen in
+    proportion to their labelled pixels.
+    """
+
+    def __init__(self, patches: Sequence[Patch], tile: int) -> None:
+        if not patches:
+            raise HiresError("no training regions to sample tiles from")
+        if tile < 8:
+            raise HiresError(f"training tiles must be at least 8 px, got {tile}")
+        self.tile = tile
+        self.patches = [_pad(p, tile) for p in patches]
+        counts = np.array([len(p.labelled) for p in self.patches], dtype=np.float64)
+        self.weights = counts / counts.sum()
+
+    @property
+    def labelled(self) -> bool:
+        return self.patches[0].labels is not None
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """``n`` tiles: pixels (n, tile, tile, c) and classes (n, tile, tile) or ``None`` for unlabelled data."""
+        t = self.tile
+        images, labels = [], []
+        for k in rng.choice(len(self.patches), size=n, p=self.weights):
+            p = self.patches[k]
+            h, w = p.image.shape[:2]
+            cy, cx = divmod(int(p.labelled[rng.integers(len(p.labelled))]), w)
+            y0 = int(np.clip(cy - rng.integers(t), 0, h - t))
+            x0 = int(np.clip(cx - rng.integers(t), 0, w - t))
+            images.append(p.image[y0:y0 + t, x0:x0 + t])
+            if p.labels is not None:
+                labels.append(p.labels[y0:y0 + t, x0:x0 + t])
+        return np.stack(images), (np.stack(labels) if labels else None)
+
+
+def _pad(patch: Patch, tile: int) -> Patch:
+    """``patch`` padded at the bottom/right to at least ``tile`` on each side."""
+    h, w = patch.image.shape[:2]
+    ph, pw = max(0, tile - h), max(0, tile - w)
+    if not (ph or pw):
+        return patch
+    mode = "reflect" if ph < h and pw < w else "edge"
+    image = np.pad(patch.image, ((0, ph), (0, pw), (0, 0)), mode=mode)
+    labels = None if patch.labels is None else np.pad(patch.labels, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+    if labels is None:  # unlabelled data: only the real pixels are tile centres
+        keep = np.zeros((h + ph, w + pw), bool)
+        keep[:h, :w] = True
+        return Patch(image, None, patch.origin, np.flatnonzero(keep.ravel()))
+    return Patch(image, labels, patch.origin)
+
+
+class PairedTileSampler(TileSampler):
+    """Tiles of degraded images with their clean targets, for supervised restoration.
+
+    Each patch holds the degraded and clean pixels side by side along channels, so both are cut at the same place;
+    ``sample`` returns them apart: (degraded (n, t, t, c), clean (n, t, t, c)), which :func:`augment` keeps paired.
+    """
+
+    def __init__(self, degraded: Sequence[Patch], clean: Sequence[Patch], tile: int) -> None:
+        if len(degraded) != len(clean) or any(d.image.shape != c.image.shape for d, c in zip(degraded, clean)):
+            raise HiresError("degraded and clean training regions must match one to one in shape")
+        joined = [Patch(np.concatenate([d.image, c.image], axis=-1), None, d.origin) for d, c in zip(degraded, clean)]
+        super().__init__(joined, tile)
+        self.channels = degraded[0].image.shape[-1]
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        both, _ = super().sample(n, rng)
+        return both[..., :self.channels], both[..., self.channels:]

@@ -1,0 +1,208 @@
+"""Whole training jobs, headless: fine-tune on corrected labels, or learn to denoise an image on its own.
+
+The CLI (``napari-hires train``) and the widget call these; they read the regions, train, and save a model file
+whose card records where the weights came from (base model, data, regions, settings, losses).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from napari_hires.engine.runner import CancelToken
+from napari_hires.errors import HiresError, OutputExistsError
+from napari_hires.models.base import HiresModel
+from napari_hires.models.card import ModelCard
+from napari_hires.training.loop import StepInfo, TrainResult, TrainSettings, settings_record, train
+from napari_hires.training.losses import segmentation_objective
+from napari_hires.training.sampling import IGNORE_INDEX, Region, TileSampler, read_patches
+from napari_hires.training.selfsupervised import MASK_RATIO, blind_spot_objective
+
+#: The restoration model trained when the user names none: a one-stage MAXIM small enough for CPU training.
+SELF_SUPERVISED_MODEL = "maxim_nano"
+SELF_SUPERVISED_OVERRIDES: dict[str, Any] = {"features": 8, "num_stages": 1}
+
+
+@dataclass
+class TrainingJob:
+    """A finished (or cancelled) job: the trained model, how training went, and the file written (if any)."""
+
+    model: HiresModel
+    result: TrainResult
+    path: Path | None
+
+
+def _resolve(model: str | os.PathLike | HiresModel, **overrides: Any) -> HiresModel:
+    """A model from a registered name (with ``overrides``), a model file, or an instance."""
+    if isinstance(model, HiresModel):
+        return model
+    if overrides:
+        from napari_hires.models.registry import create_model
+
+        return create_model(os.fspath(model), **overrides)
+    from napari_hires.engine.predict import resolve_model
+
+    return resolve_model(model)
+
+
+def _model_name(model: str | os.PathLike | HiresModel) -> str:
+    if isinstance(model, HiresModel):
+        card = getattr(model, "card", None)
+        return getattr(model, "registry_name", None) or (card.architecture if card else type(model).__name__)
+    return os.fspath(model)
+
+
+def trained_card(model: HiresModel, provenance: dict[str, Any], metrics: dict[str, Any] | None = None,
+                 **fields: Any) -> ModelCard:
+    """The card of a trained model: its old card (or a new one) with this training's provenance and metrics.
+
+    The previous provenance is kept under ``previous`` so a chain of fine-tunings stays traceable; old metrics are
+    dropped, since they described other weights.
+    """
+    from napari_hires.models.files import card_for
+
+    base = getattr(model, "card", None)
+    card = replace(base) if base is not None else card_for(model)
+    card.provenance = {**provenance, "previous": base.provenance} if base is not None and base.provenance \
+        else dict(provenance)
+    card.metrics = dict(metrics or {})
+    for key, value in fields.items():
+        setattr(card, key, value)
+    return card
+
+
+def save_trained(model: HiresModel, out: str | os.PathLike, card: ModelCard, *, overwrite: bool = False) -> Path:
+    """Write the trained model file (weights + card); refuses to replace one unless ``overwrite``."""
+    from napari_hires.models.files import _paths, save_model
+
+    weights, card_path = _paths(out)
+    if not overwrite and (weights.exists() or card_path.exists()):
+        raise OutputExistsError(f"{weights} already exists; choose another --out or pass --overwrite")
+    path = save_model(model, weights, card)
+    model.card = card
+    return path
+
+
+def _check_out(out: str | os.PathLike | None, overwrite: bool) -> None:
+    """Fail before training, not after, when the output exists."""
+    if out is None or overwrite:
+        return
+    from napari_hires.models.files import _paths
+
+    weights, card_path = _paths(out)
+    if weights.exists() or card_path.exists():
+        raise OutputExistsError(f"{weights} already exists; choose another --out or pass --overwrite")
+
+
+def fine_tune(
+    image: Any,
+    labels: Any,
+    model: str | os.PathLike | HiresModel,
+    out: str | os.PathLike | None = None,
+    *,
+    level: int = 0,
+    regions: Sequence[Region] | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    zero_is_unlabelled: bool = False,
+    settings: TrainSettings | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+    cancel: CancelToken | None = None,
+    overwrite: bool = False,
+) -> TrainingJob:
+    """Train a segmentation model on the labelled pixels of ``labels`` (within ``regions``); save it to ``out``.
+
+    Unlabelled pixels (``ignore_index``, or 0 with ``zero_is_unlabelled``) are left out of the loss. A cancelled
+    job saves nothing.
+    """
+    settings = settings or TrainSettings()
+    settings.check()
+    _check_out(out, overwrite)
+    net = _resolve(model)
+    if net.task != "segmentation":
+        raise HiresError(f"{_model_name(model)} is a {net.task} model; fine-tuning on labels needs a segmentation "
+                         "model (for restoration use the self-supervised mode)")
+    patches = read_patches(image, labels, level=level, regions=regions, num_classes=net.out_channels,
+                           ignore_index=ignore_index, zero_is_unlabelled=zero_is_unlabelled, seed=settings.seed)
+    result = train(net, TileSampler(patches, settings.tile), segmentation_objective(), settings,
+                   callback=callback, cancel=cancel)
+    path = None
+    if out is not None and not result.cancelled:
+        provenance = {
+            "trained_by": "napari_hires.training.fine_tune",
+            "base_model": _model_name(model),
+            "objective": "cross-entropy + soft Dice on labelled pixels",
+            "data": {"image": _origin(image), "labels": _origin(labels), "level": level,
+                     "regions": [list(r) for r in regions] if regions else "whole level",
+                     "labelled_pixels": int(sum(len(p.labelled) for p in patches)),
+                     "zero_is_unlabelled": zero_is_unlabelled},
+            "settings": settings_record(settings, result),
+        }
+        extra = _class_fields(net, labels)
+        path = save_trained(net, out, trained_card(net, provenance, **extra), overwrite=overwrite)
+    return TrainingJob(net, result, path)
+
+
+def train_self_supervised(
+    image: Any,
+    model: str | os.PathLike | HiresModel | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    level: int = 0,
+    regions: Sequence[Region] | None = None,
+    mask_ratio: float = MASK_RATIO,
+    settings: TrainSettings | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+    cancel: CancelToken | None = None,
+    overwrite: bool = False,
+) -> TrainingJob:
+    """Train a restoration model (a small MAXIM by default) to denoise ``image`` from the image alone (blind spot).
+
+    Tiles come from ``regions`` (level-0 boxes) of the pyramid ``level``, or random windows of it. No intensity
+    jitter: it would change the noise the model learns to remove. A cancelled job saves nothing.
+    """
+    settings = replace(settings or TrainSettings(), intensity=False)
+    settings.check()
+    _check_out(out, overwrite)
+    net = _resolve(model) if model is not None else _resolve(SELF_SUPERVISED_MODEL, **SELF_SUPERVISED_OVERRIDES)
+    if net.task != "restoration":
+        raise HiresError(f"{_model_name(model or SELF_SUPERVISED_MODEL)} is a {net.task} model; self-supervised "
+                         "training needs a restoration model such as maxim_nano")
+    patches = read_patches(image, None, level=level, regions=regions, seed=settings.seed)
+    result = train(net, TileSampler(patches, settings.tile), blind_spot_objective(mask_ratio), settings,
+                   callback=callback, cancel=cancel)
+    path = None
+    if out is not None and not result.cancelled:
+        provenance = {
+            "trained_by": "napari_hires.training.train_self_supervised",
+            "base_model": _model_name(model or SELF_SUPERVISED_MODEL),
+            "objective": f"Noise2Void blind spot: {mask_ratio:.2%} of pixels replaced by random neighbours, "
+                         "squared error on those pixels against the noisy input; no clean target",
+            "data": {"image": _origin(image), "level": level,
+                     "regions": [list(r) for r in regions] if regions else
+                     [[p.origin[0], p.origin[0] + p.image.shape[0], p.origin[1], p.origin[1] + p.image.shape[1]]
+                      for p in patches]},
+            "settings": settings_record(settings, result),
+        }
+        path = save_trained(net, out, trained_card(net, provenance), overwrite=overwrite)
+    return TrainingJob(net, result, path)
+
+
+def _origin(data: Any) -> str:
+    """Where training data came from, for the card."""
+    if isinstance(data, (str, os.PathLike)):
+        return os.fspath(data)
+    return getattr(data, "source", None) or getattr(data, "name", None) or f"array {getattr(data, 'shape', '')}"
+
+
+def _class_fields(net: HiresModel, labels: Any) -> dict[str, Any]:
+    """Class names and colours from the labels when the model's card has none."""
+    card = getattr(net, "card", None)
+    if card is not None and card.class_names:
+        return {}
+    names = getattr(labels, "class_names", None) or {}
+    colors = getattr(labels, "class_colors", None) or {}
+    k = net.out_channels
+    return {"class_names": {i: n for i, n in names.items() if i < k},
+            "class_colors": {i: list(c) for i, c in colors.items() if i < k}}
