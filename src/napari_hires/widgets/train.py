@@ -1,0 +1,510 @@
+"""The "Fine-tune" dock widget: train a model on corrected labels (or a denoiser on the image itself), then predict.
+
+Training reads the chosen region of the image (and of the labels layer, placed by its translate, so an editing
+window of the "Correct labels" widget works as well as a whole prediction store) into memory and calls the Qt-free
+:mod:`napari_hires.training` jobs in a napari generator worker that yields every step, so the loss curve grows live.
+Cancel stops between two steps and writes no model file; the file is written only when training finishes.
+"Predict again" runs the trained model over the chosen region through the engine into a new store and shows it.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generator
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from qtpy.QtCore import QPointF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+
+from napari_hires.errors import HiresError
+from napari_hires.widgets import _layers
+
+MODES = ("fine-tune segmentation", "self-supervised restoration (no labels needed)")
+REGIONS = ("visible region", "Shapes rectangle", "extent of the labels layer (editing window)")
+MODEL_FILE = "model file..."
+NEW_DENOISER = "new small MAXIM"
+
+
+class LossCurve(QWidget):
+    """A small live plot of the loss per step: a polyline scaled to the widget, with the first and last loss."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.points: list[float] = []
+        self.setMinimumHeight(90)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def add_point(self, loss: float) -> None:
+        """Append one step's loss and repaint."""
+        self.points.append(float(loss))
+        self.update()
+
+    def clear(self) -> None:
+        """Forget the curve (a new run starts)."""
+        self.points = []
+        self.update()
+
+    def paintEvent(self, _event: Any) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.fillRect(self.rect(), QColor(30, 30, 30))
+        finite = [p for p in self.points if math.isfinite(p)]
+        if finite:
+            margin, w, h = 6, self.width(), self.height()
+            lo, hi = min(finite), max(finite)
+            span = (hi - lo) or 1.0
+            n = max(len(self.points) - 1, 1)
+            line = QPolygonF([QPointF(margin + i / n * (w - 2 * margin),
+                                      h - margin - (p - lo) / span * (h - 2 * margin))
+                              for i, p in enumerate(self.points) if math.isfinite(p)])
+            painter.setPen(QPen(QColor(255, 170, 0), 1.5))
+            painter.drawPolyline(line)
+            painter.setPen(QColor(200, 200, 200))
+            painter.drawText(self.rect().adjusted(margin, 2, -margin, -2),
+                             Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignRight,
+                             f"step {len(self.points)}  loss {self.points[-1]:.4f}  (first {self.points[0]:.4f})")
+        painter.end()
+
+
+@dataclass
+class TrainRequest:
+    """Everything one training run needs, taken from the form on the main thread."""
+
+    mode: str
+    image: Any  # level-0 array of the image layer
+    labels: Any  # level-0 array of the labels layer (None in self-supervised mode)
+    offset: tuple[int, int]  # the labels layer's level-0 origin in image pixels
+    region: _layers.Region  # image pixels
+    model: Any  # registry name, model file path, or None (a new small MAXIM)
+    out: str
+    overwrite: bool
+    zero_is_unlabelled: bool
+    settings: Any  # TrainSettings
+    cancel: Any = None  # the engine's CancelToken
+
+
+def labels_offset(labels: Any, image: Any) -> tuple[int, int]:
+    """Where a labels layer's pixel (0, 0) lies in the image layer's pixels; both must share the pixel size."""
+    ls, isc = np.asarray(labels.scale[-2:], float), np.asarray(image.scale[-2:], float)
+    if not np.allclose(ls, isc, rtol=1e-6):
+        raise HiresError(f"labels {labels.name!r} (pixel size {tuple(ls)}) and image {image.name!r} (pixel size "
+                         f"{tuple(isc)}) differ in resolution; choose the labels drawn on this image")
+    offset = (np.asarray(labels.translate[-2:], float) - np.asarray(image.translate[-2:], float)) / isc
+    rounded = np.round(offset)
+    if not np.allclose(offset, rounded, atol=1e-3):
+        raise HiresError(f"labels {labels.name!r} are not aligned with the pixels of {image.name!r}; "
+                         "choose the labels drawn on this image")
+    return int(rounded[0]), int(rounded[1])
+
+
+def labels_extent(labels: Any, image: Any) -> _layers.Region:
+    """The image pixels a labels layer covers, clipped to the image."""
+    dy, dx = labels_offset(labels, image)
+    lh, lw = _layers.level0(labels).shape[-2:]
+    h, w = _layers.level0_shape(image)
+    region = (max(0, dy), min(h, dy + lh), max(0, dx), min(w, dx + lw))
+    if region[0] >= region[1] or region[2] >= region[3]:
+        raise HiresError(f"labels {labels.name!r} do not overlap image {image.name!r}; choose the labels drawn on it")
+    return region
+
+
+def read_training_data(request: TrainRequest) -> tuple[np.ndarray, np.ndarray | None]:
+    """The region's image pixels and labels in memory (off the UI thread): what the training jobs train on."""
+    from napari_hires.training.sampling import MAX_REGION_PIXELS
+
+    y0, y1, x0, x1 = request.region
+    if (y1 - y0) * (x1 - x0) > MAX_REGION_PIXELS:
+        raise HiresError(f"the region {y1 - y0} x {x1 - x0} px is too large to train on at once; zoom in, draw a "
+                         "smaller rectangle, or train on the editing window")
+    image = np.asarray(request.image[y0:y1, x0:x1])
+    if request.labels is None:
+        return image, None
+    dy, dx = request.offset
+    return image, np.asarray(request.labels[y0 - dy:y1 - dy, x0 - dx:x1 - dx])
+
+
+def train_steps(request: TrainRequest) -> Generator[Any, None, Any]:
+    """A training run as a generator: yields each step's StepInfo, returns the TrainingJob (model file written
+    only when not cancelled)."""
+    from napari_hires.training import fine_tune, train_self_supervised
+
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    done: list[Any] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            image, labels = read_training_data(request)
+            if labels is None:
+                done.append(train_self_supervised(image, request.model, request.out, settings=request.settings,
+                                                  callback=events.put, cancel=request.cancel,
+                                                  overwrite=request.overwrite))
+            else:
+                done.append(fine_tune(image, labels, request.model, request.out,
+                                      zero_is_unlabelled=request.zero_is_unlabelled, settings=request.settings,
+                                      callback=events.put, cancel=request.cancel,
+                                      overwrite=request.overwrite))
+        except BaseException as err:  # re-raised in the worker, where napari reports it
+            failure.append(err)
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=work, name="hires-train", daemon=True)
+    thread.start()
+    while (step := events.get()) is not None:
+        yield step
+    thread.join()
+    if failure:
+        raise failure[0]
+    return done[0]
+
+
+def predict_region(image: Any, model: Any, out: str, region: _layers.Region, device: str) -> str:
+    """Run ``model`` over ``region`` of ``image`` into a new store ``out`` (off the UI thread); returns ``out``."""
+    from napari_hires.engine import predict
+
+    predict(image, model, out, region=region, device=device, batch=4 if device != "cpu" else 2)
+    return out
+
+
+def free_path(folder: Path, stem: str, suffix: str, taken: Any) -> Path:
+    """``folder/stem{suffix}``, or ``stem-2``, ``stem-3``... when ``taken(path)`` says it is used."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_") or "model"
+    path, n = folder / f"{stem}{suffix}", 2
+    while taken(path):
+        path, n = folder / f"{stem}-{n}{suffix}", n + 1
+    return path
+
+
+def _model_file_taken(path: Path) -> bool:
+    from napari_hires.models.files import _paths
+
+    return any(p.exists() for p in _paths(path))
+
+
+class TrainWidget(QWidget):
+    """Choose image, labels, region, model and budget; Train with a live loss curve; Cancel; Predict again."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        from napari.layers import Image, Labels, Shapes
+
+        from napari_hires.models import list_models
+
+        self.viewer = napari_viewer
+        self._types = {"image": Image, "labels": Labels, "shapes": Shapes}
+        self._names = {task: list_models(task=task) for task in ("segmentation", "restoration")}
+        self.mode = ComboBox(label="mode", choices=list(MODES), value=MODES[0])
+        self.image = ComboBox(label="image", choices=self._layers_of("image"), nullable=True)
+        self.labels = ComboBox(label="labels", choices=self._layers_of("labels"), nullable=True,
+                               tooltip="corrected labels: a prediction store, an editing window or any Labels layer")
+        self.zero_unlabelled = CheckBox(label="0 means unlabelled (scribbles)", value=False,
+                                        tooltip="label v is class v-1 and 0 is not trained on")
+        self.region = ComboBox(label="region", choices=list(REGIONS), value=REGIONS[0])
+        self.shapes = ComboBox(label="rectangle", choices=self._layers_of("shapes"), nullable=True, visible=False,
+                               tooltip="the selected (else the first) shape of this Shapes layer")
+        self.model = ComboBox(label="model", choices=self._model_choices())
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.json", visible=False)
+        self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
+        self.lr.native.setDecimals(6)
+        self.batch = SpinBox(label="batch", min=1, max=256, value=4)
+        self.tile = SpinBox(label="tile", min=16, max=2048, step=16, value=128)
+        self.device = ComboBox(label="device", choices=self._devices(), value="auto")
+        self.output = FileEdit(label="save model to", mode="w", filter="*.safetensors",
+                               tooltip="NAME.safetensors with its NAME.json card, written when training finishes")
+        self.overwrite = CheckBox(label="overwrite", value=False)
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.predict_button = PushButton(text="Predict again", enabled=False,
+                                         tooltip="run the trained model over the chosen region into a new store")
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(label="status", value="")
+        self.status.native.setWordWrap(True)
+        self.curve = LossCurve()
+        self._form = Container(widgets=[
+            self.mode, self.image, self.labels, self.zero_unlabelled, self.region, self.shapes, self.model,
+            self.model_file, self.steps, self.lr, self.batch, self.tile, self.device, self.output, self.overwrite,
+            Container(widgets=[self.train_button, self.cancel_button, self.predict_button], layout="horizontal",
+                      labels=False),
+            self.progress, self.status,
+        ])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._form.native)
+        layout.addWidget(self.curve)
+        layout.addStretch()
+
+        self.worker: Any = None
+        self.cancel_token: Any = None
+        self.job: Any = None  # the last finished TrainingJob
+        self._trained_on: Any = None  # the image layer the job was trained on
+        self.result_layers: list[Any] = []
+        self._output_auto = True
+        self._setting_output = False
+
+        self.mode.changed.connect(self._on_mode)
+        self.region.changed.connect(self._on_region)
+        self.model.changed.connect(self._on_model)
+        self.image.changed.connect(self._auto_output)
+        self.output.changed.connect(self._on_output_changed)
+        self.train_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.predict_button.changed.connect(self.predict_again)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._on_layers_changed)
+        self._on_layers_changed()
+        self._on_mode()
+
+    # ------------------------------------------------------------------ choices
+    def _layers_of(self, kind: str) -> Any:
+        def choices(_widget: Any = None) -> list[Any]:
+            return [layer for layer in self.viewer.layers if isinstance(layer, self._types[kind])]
+
+        return choices
+
+    def _self_supervised(self) -> bool:
+        return self.mode.value == MODES[1]
+
+    def _model_choices(self) -> list[str]:
+        if self._self_supervised():
+            return [NEW_DENOISER, *self._names["restoration"], MODEL_FILE]
+        names = self._names["segmentation"]
+        shipped = [n for n in names if n.endswith("_synthetic")]  # trained demo weights first
+        return [*shipped, *[n for n in names if n not in shipped], MODEL_FILE]
+
+    @staticmethod
+    def _devices() -> list[str]:
+        import torch
+
+        return ["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        for combo in (self.image, self.labels, self.shapes):
+            combo.reset_choices()
+            layers = [c for c in combo.choices if c is not None]
+            if combo.value is None and layers:
+                combo.value = layers[0]
+
+    def _on_mode(self, _value: Any = None) -> None:
+        ss = self._self_supervised()
+        self.labels.visible = self.zero_unlabelled.visible = not ss
+        choices = self._model_choices()
+        self.model.choices = choices
+        self.model.value = choices[0]  # magicgui keeps a shared choice (model file...) selected and first
+        self._on_region()
+        self._on_model()
+
+    def _on_region(self, _value: Any = None) -> None:
+        self.shapes.visible = self.region.value == REGIONS[1]
+
+    def _on_model(self, _value: Any = None) -> None:
+        self.model_file.visible = self.model.value == MODEL_FILE
+        self._auto_output()
+
+    def _on_output_changed(self, _value: Any = None) -> None:
+        if not self._setting_output:
+            self._output_auto = False
+
+    def _auto_output(self, _value: Any = None) -> None:
+        """``<image>-<model>-tuned`` in the image's folder, else a temporary one; the next free name."""
+        layer = self.image.value
+        if not self._output_auto or layer is None:
+            return
+        source = _layers.layer_source(layer)
+        folder = Path(source).parent if source else Path(tempfile.gettempdir()) / "napari-hires" / "models"
+        base = "denoiser" if self.model.value == NEW_DENOISER else (
+            Path(str(self.model_file.value)).stem if self.model.value == MODEL_FILE else self.model.value)
+        suffix = "denoised" if self._self_supervised() else "tuned"
+        path = free_path(folder, f"{layer.name}-{base}-{suffix}", ".safetensors", _model_file_taken)
+        self._setting_output = True
+        try:
+            self.output.value = path
+        finally:
+            self._setting_output = False
+
+    # ------------------------------------------------------------------ the form
+    def chosen_region(self, image: Any, labels: Any = None) -> _layers.Region:
+        """The region to train on (or predict) in image pixels; a clear error when it is empty or missing."""
+        if self.region.value == REGIONS[0]:
+            region = _layers.visible_region(self.viewer, image)
+            if region is None:
+                raise HiresError(f"{image.name!r} is not in view: pan to it, or choose another region")
+        elif self.region.value == REGIONS[1]:
+            if self.shapes.value is None:
+                raise HiresError("no Shapes layer: add one, draw a rectangle on it and choose it as the rectangle")
+            region = _layers.rectangle_region(self.shapes.value, image)
+            if region is None:
+                raise HiresError(f"the rectangle does not overlap {image.name!r}: draw it on the image")
+        else:
+            if labels is None:
+                raise HiresError("the labels extent needs a labels layer: choose one, or another region")
+            return labels_extent(labels, image)
+        if labels is not None:
+            ly0, ly1, lx0, lx1 = labels_extent(labels, image)
+            y0, y1, x0, x1 = region
+            region = (max(y0, ly0), min(y1, ly1), max(x0, lx0), min(x1, lx1))
+            if region[0] >= region[1] or region[2] >= region[3]:
+                raise HiresError(f"the region holds none of the labels {labels.name!r}: move it over them")
+        return region
+
+    def _model_choice(self) -> Any:
+        if self.model.value == NEW_DENOISER:
+            return None
+        if self.model.value == MODEL_FILE:
+            path = str(self.model_file.value)
+            if path in ("", ".") or not Path(path).exists():
+                raise HiresError(f"model file {path!r} does not exist: choose a NAME.safetensors with its NAME.json")
+            return path
+        return self.model.value
+
+    def request(self) -> TrainRequest:
+        """The form's values, checked; raises HiresError saying what to fix."""
+        from napari_hires.training import TrainSettings
+
+        image = self.image.value
+        if image is None:
+            raise HiresError("no image layer: open an image and choose it")
+        _layers.check_plane(image)
+        labels = None
+        if not self._self_supervised():
+            labels = self.labels.value
+            if labels is None:
+                raise HiresError("no labels layer: run a model or paint labels, then choose them (or switch to "
+                                 "self-supervised restoration, which needs none)")
+        out = str(self.output.value)
+        if out in ("", "."):
+            raise HiresError("choose where to save the trained model")
+        settings = TrainSettings(steps=self.steps.value, lr=self.lr.value, batch=self.batch.value,
+                                 tile=self.tile.value, device=self.device.value)
+        return TrainRequest(
+            mode=self.mode.value, image=_layers.level0(image),
+            labels=None if labels is None else _layers.level0(labels),
+            offset=(0, 0) if labels is None else labels_offset(labels, image),
+            region=self.chosen_region(image, labels), model=self._model_choice(), out=out,
+            overwrite=self.overwrite.value, zero_is_unlabelled=self.zero_unlabelled.value, settings=settings,
+        )
+
+    # ------------------------------------------------------------------ training
+    def start(self) -> None:
+        """Train with the form's settings in a generator worker that yields each step."""
+        from napari.qt.threading import create_worker
+
+        from napari_hires.engine import CancelToken
+
+        if self.worker is not None:
+            return
+        try:
+            request = self.request()
+        except HiresError as err:
+            self.status.value = f"error: {err}"
+            return
+        self.cancel_token = CancelToken()
+        request.cancel = self.cancel_token
+        self.job, self._trained_on = None, self.image.value
+        self.curve.clear()
+        self.progress.max, self.progress.value = request.settings.steps, 0
+        self.worker = create_worker(
+            train_steps, request, _start_thread=False,
+            _connect={"yielded": self._on_step, "returned": self._on_trained, "errored": self._on_error,
+                      "finished": self._on_finished},
+        )
+        self._set_running(True)
+        self.status.value = "reading the region..."
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Stop between two steps; no model file is written."""
+        if self.cancel_token is not None and self.worker is not None:
+            self.cancel_token.cancel()
+            self.status.value = "cancelling..."
+
+    def _on_step(self, step: Any) -> None:
+        self.curve.add_point(step.loss)
+        self.progress.value = step.step
+        if not (self.cancel_token and self.cancel_token.cancelled):
+            self.status.value = f"step {step.step}/{step.steps} · loss {step.loss:.4f} · {step.seconds:.0f} s"
+
+    def _on_trained(self, job: Any) -> None:
+        result = job.result
+        if result.cancelled:
+            self.status.value = f"cancelled after {result.steps_done} steps; no model file written"
+            return
+        self.job = job
+        self._output_auto = True
+        self.status.value = (f"trained {result.steps_done} steps in {result.seconds:.1f} s on {result.device}; "
+                             f"saved {job.path}")
+
+    def _on_error(self, err: Exception) -> None:
+        if isinstance(err, (HiresError, FileNotFoundError, FileExistsError, ValueError)):
+            self.status.value = f"error: {err}"
+            return
+        self.status.value = f"failed: {type(err).__name__}: {err}"
+        raise err
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        if self.job is not None:
+            self._auto_output()  # the next run must not meet this file
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.enabled = not running
+        self.cancel_button.enabled = running
+        self.predict_button.enabled = not running and self.job is not None
+
+    # ------------------------------------------------------------------ predict again
+    def predict_again(self) -> None:
+        """Run the trained model over the chosen region of the image it was trained on into a new store."""
+        from napari.qt.threading import create_worker
+
+        if self.job is None or self.worker is not None:
+            return
+        layer = self._trained_on
+        if layer not in self.viewer.layers:
+            self.status.value = "error: the image the model was trained on is no longer open"
+            return
+        try:
+            region = self.chosen_region(layer)
+        except HiresError as err:
+            self.status.value = f"error: {err}"
+            return
+        path = Path(self.job.path)
+        out = free_path(path.parent, f"{path.stem}-prediction", ".zarr", Path.exists)
+        self.worker = create_worker(
+            lambda: predict_region(_layers.engine_input(layer), self.job.model, str(out), region,
+                                   self.device.value), _start_thread=False,
+            _connect={"returned": self._on_predicted, "errored": self._on_error, "finished": self._on_finished},
+        )
+        self.train_button.enabled = self.predict_button.enabled = False
+        self.status.value = f"predicting {region} with the trained model into {out}..."
+        self.worker.start()
+
+    def _on_predicted(self, out: str) -> None:
+        from napari_hires.io.readers import open_image
+
+        layer = self._trained_on
+        self.result_layers = []
+        for data, meta, kind in open_image(out).layer_data():
+            meta.update(scale=list(layer.scale[-2:]), translate=list(layer.translate[-2:]),
+                        name=f"{meta.get('name') or Path(out).stem} (fine-tuned)")
+            added = getattr(self.viewer, f"add_{kind}")(data, **meta)
+            self.result_layers.extend(added if isinstance(added, list) else [added])
+        self.status.value = f"predicted with the trained model → {out}"
