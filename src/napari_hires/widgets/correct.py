@@ -23,6 +23,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from napari_hires.errors import HiresError
 from napari_hires.labels.store import MAX_SIDE, EditSession, LabelStore
 from napari_hires.widgets import _layers
+from napari_hires.widgets._status import report_error
 
 _SAVED, _COMMIT, _DISCARD = "saved", "commit", "discard"
 #: Delay between leaving paint mode and removing a closed editing layer (a few frames; see _close_session).
@@ -268,8 +269,4 @@ class CorrectLabelsWidget(QWidget):
     def _on_error(self, err: Exception) -> None:
         """User errors go to the status line; anything else is a bug: re-raise it."""
         self._set_editing(self.session is not None)
-        if isinstance(err, HiresError):
-            self.status.value = f"error: {err}"
-            return
-        self.status.value = f"failed: {type(err).__name__}: {err}"
-        raise err
+        report_error(self.status, err, (HiresError,))

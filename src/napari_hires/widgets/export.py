@@ -10,6 +10,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_hires.errors import HiresError
+from napari_hires.widgets._status import report_error
 
 _SUFFIX = {"ome-zarr": ".zarr", "tiff": ".tif", "geojson": ".geojson"}
 
@@ -134,11 +135,7 @@ class ExportLabelsWidget(QWidget):
         if isinstance(err, _Cancelled):
             self.status.value = "cancelled; nothing was written"
             return
-        if isinstance(err, (HiresError, FileNotFoundError, FileExistsError)):
-            self.status.value = f"error: {err}"
-            return
-        self.status.value = f"failed: {type(err).__name__}: {err}"
-        raise err
+        report_error(self.status, err)
 
     def _on_finished(self) -> None:
         self._timer.stop()

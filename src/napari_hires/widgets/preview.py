@@ -25,6 +25,7 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 from napari_hires.errors import HiresError
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.widgets import _layers
+from napari_hires.widgets._status import report_error
 
 PREVIEW_LAYER = "restoration preview"
 MODEL_FILE = "model file..."
@@ -323,11 +324,7 @@ class RestorationPreviewWidget(QWidget):
 
     def _report(self, err: BaseException) -> None:
         """User errors (a wrong model or image) go to the status line; anything else is a bug: re-raise it."""
-        if isinstance(err, HiresError):
-            self.status.value = f"error: {err}"
-            return
-        self.status.value = f"failed: {type(err).__name__}: {err}"
-        raise err
+        report_error(self.status, err, (HiresError,))
 
     def _drop_service(self) -> None:
         """Cancel pending work and close the service off the main thread (closing waits for the current batch)."""

@@ -8,7 +8,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pro
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from napari_hires.errors import HiresError
+from napari_hires.widgets._status import report_error
 
 _NO_SHARD = "none"
 
@@ -76,11 +76,7 @@ class PyramidBuilderWidget(QWidget):
 
     def _on_error(self, err: Exception) -> None:
         """User errors (bad input, existing output) go to the status line; anything else is a bug: re-raise it."""
-        if isinstance(err, (HiresError, FileNotFoundError, FileExistsError)):
-            self.status.value = f"error: {err}"
-            return
-        self.status.value = f"failed: {type(err).__name__}: {err}"
-        raise err
+        report_error(self.status, err)
 
     def _on_finished(self) -> None:
         self._timer.stop()

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.widgets import _layers
+from napari_hires.widgets._status import USER_ERRORS, report_error
 
 MODEL_FILE = "model file..."
 SCOPES = ("whole image", "visible region", "Shapes rectangle")
@@ -510,11 +511,7 @@ class RunModelWidget(QWidget):
 
     def _on_error(self, err: Exception) -> None:
         """User errors (bad settings, an output in the way) go to the status line; anything else is a bug."""
-        if isinstance(err, (HiresError, FileNotFoundError, FileExistsError, ValueError)):
-            self.status.value = f"error: {err}"
-            return
-        self.status.value = f"failed: {type(err).__name__}: {err}"
-        raise err
+        report_error(self.status, err, (*USER_ERRORS, ValueError))
 
     def _on_finished(self) -> None:
         self.worker = None

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.widgets import _layers
+from napari_hires.widgets._status import USER_ERRORS, report_error
 
 MODES = ("fine-tune segmentation", "self-supervised restoration (no labels needed)")
 REGIONS = ("visible region", "Shapes rectangle", "extent of the labels layer (editing window)")
@@ -453,11 +454,7 @@ class TrainWidget(QWidget):
                              f"saved {job.path}")
 
     def _on_error(self, err: Exception) -> None:
-        if isinstance(err, (HiresError, FileNotFoundError, FileExistsError, ValueError)):
-            self.status.value = f"error: {err}"
-            return
-        self.status.value = f"failed: {type(err).__name__}: {err}"
-        raise err
+        report_error(self.status, err, (*USER_ERRORS, ValueError))
 
     def _on_finished(self) -> None:
         self.worker = None
