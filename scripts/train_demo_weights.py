@@ -6,7 +6,10 @@ held-out region far from them (Dice: mean over the classes present there). The d
 from noisy/clean pairs of the same regions at the shipped noise level and is evaluated by the PSNR gain on a held-out
 1024 x 1024 region. Deterministic for a given --seed on the CPU; sized to finish in about half an hour on 2 cores.
 
+Each trained model's halo is then measured on held-out regions (napari_hires.engine.halo) and stored in its card.
+
     python scripts/train_demo_weights.py [--models hct maxvit xt maxim] [--seed 0] [--out DIR]
+    python scripts/train_demo_weights.py --halos-only     # re-measure the shipped files' halos, weights untouched
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numpy as np
 import torch
 
 from napari_hires.io.synthetic import CLASS_COLORS, CLASS_NAMES, DEFAULT_SIZE, NOISE_SIGMA, render_labels, render_region
-from napari_hires.models import create_model, count_parameters
+from napari_hires.engine.halo import HaloMeasurement, measure_halo
+from napari_hires.models import create_model, count_parameters, load_model
 from napari_hires.training import TrainSettings, evaluate_restoration, evaluate_segmentation, train
 from napari_hires.training.losses import restoration_objective, segmentation_objective
 from napari_hires.training.sampling import Patch, PairedTileSampler, TileSampler, to_classes
@@ -35,6 +39,8 @@ TRAIN_REGIONS = [
 #: Held-out evaluation regions, away from every training region.
 HELD_OUT_SEG = (24576, 26624, 8192, 10240)
 HELD_OUT_DENOISE = (24576, 25600, 8192, 9216)
+#: Held-out regions on which each model's halo is measured (2 tiles a side).
+HALO_REGIONS = [(24576, 25600, 8192, 9216), (28672, 29696, 40960, 41984)]
 
 #: name -> (architecture, overrides, tile, batch, steps, lr)
 MODELS = {
@@ -82,6 +88,63 @@ def to_half(model: torch.nn.Module) -> None:
                 t.copy_(t.half().float())
 
 
+def measure(model: torch.nn.Module, variant: str = "clean") -> HaloMeasurement:
+    """Measure the trained model's halo on held-out regions and give it to the model, before it is evaluated."""
+    t0 = time.perf_counter()
+    found = measure_halo(model, render(HALO_REGIONS, variant), device="cpu")
+    model.halo = found.halo
+    print(f"  halo {found.halo} px (floor {found.floor:.4f}, measured in {time.perf_counter() - t0:.0f}s)", flush=True)
+    return found
+
+
+def record_halo(card, found: HaloMeasurement):
+    """Put the measured halo, and how it was found, in the card."""
+    card.halo = found.halo
+    rule = f"tiles of {card.tile_size} px (a multiple of {card.input_multiple})"
+    if card.architecture.startswith("xt"):
+        rule = card.tiling.split(";")[0]
+    card.tiling = (f"{rule}; halo {found.halo} px per side, measured: beyond it a tile's output is within "
+                   f"{max(found.tolerance, found.floor / 4):.3g} of the output of tiles centred on the same pixels "
+                   f"(tiles disagree by {found.floor:.3g} away from their edges, so neighbours are cross-faded)")
+    card.metrics["halo"] = found.as_card_entry()
+    return card
+
+
+def evaluate_segmenter(model: torch.nn.Module, data: dict) -> dict:
+    t0 = time.perf_counter()
+    metrics = evaluate_segmentation(model, data["held_image"], data["held_truth"],
+                                    (0, HELD_OUT_SEG[1] - HELD_OUT_SEG[0], 0, HELD_OUT_SEG[3] - HELD_OUT_SEG[2]),
+                                    device="cpu")
+    metrics["region"] = list(HELD_OUT_SEG)
+    metrics["evaluation"] = "engine tiled prediction (model tile, measured halo, blending) at level 0"
+    print(f"  Dice {metrics['dice']} {metrics['dice_per_class']} (evaluated in {time.perf_counter() - t0:.0f}s)",
+          flush=True)
+    return metrics
+
+
+def evaluate_denoiser(model: torch.nn.Module) -> dict:
+    y0, y1, x0, x1 = HELD_OUT_DENOISE
+    noisy = render([HELD_OUT_DENOISE], "noisy")[0]
+    clean = render([HELD_OUT_DENOISE], "clean")[0]
+    metrics = evaluate_restoration(model, noisy, clean, (0, y1 - y0, 0, x1 - x0), device="cpu")
+    metrics.update(region=list(HELD_OUT_DENOISE), noise_sigma=NOISE_SIGMA,
+                   evaluation="engine tiled prediction (measured halo) at level 0, PSNR against the clean slide")
+    print(f"  PSNR {metrics['psnr_before']} -> {metrics['psnr_after']} dB ({metrics['psnr_gain']:+.2f})", flush=True)
+    return metrics
+
+
+def remeasure_halos(out: Path, keys: list[str], data: dict) -> None:
+    """Re-measure the halos of shipped model files, re-evaluate them with it and rewrite their cards (the weights
+    are left as they are)."""
+    for key in keys:
+        path = out / f"{MODELS[key][0]}.safetensors"
+        model = load_model(path)
+        print(MODELS[key][0], flush=True)
+        found = measure(model, "noisy" if key == "maxim" else "clean")
+        model.card.metrics = evaluate_denoiser(model) if key == "maxim" else evaluate_segmenter(model, data)
+        path.with_suffix(".json").write_text(record_halo(model.card, found).to_json())
+
+
 def ship(model: torch.nn.Module, path: Path, card) -> None:
     """Save the model file, then store its floating tensors as float16 (load_model casts them back to float32)."""
     from safetensors.torch import load_file, save_file
@@ -100,17 +163,12 @@ def train_segmenter(key: str, seed: int, out: Path, data: dict) -> dict:
           flush=True)
     result = train(model, TileSampler(data["patches"], tile), segmentation_objective(), settings, callback=log)
     to_half(model)
-    t0 = time.perf_counter()
-    metrics = evaluate_segmentation(model, data["held_image"], data["held_truth"],
-                                    (0, HELD_OUT_SEG[1] - HELD_OUT_SEG[0], 0, HELD_OUT_SEG[3] - HELD_OUT_SEG[2]),
-                                    device="cpu")
-    metrics["region"] = list(HELD_OUT_SEG)
-    metrics["evaluation"] = "engine tiled prediction (model tile, halo, blending) at level 0"
-    print(f"  Dice {metrics['dice']} {metrics['dice_per_class']} (evaluated in {time.perf_counter() - t0:.0f}s)",
-          flush=True)
+    found = measure(model)
+    metrics = evaluate_segmenter(model, data)
     card = trained_card(model, provenance(seed, settings, result, {"labels": "ground truth"}), metrics,
                         class_names=dict(CLASS_NAMES), class_colors={k: list(v) for k, v in CLASS_COLORS.items()},
                         description=f"{arch} trained on the synthetic slide (demo weights: four tissue classes)")
+    record_halo(card, found)
     ship(model, out / name, card)
     return {"name": name, "dice": metrics["dice"], "seconds": round(result.seconds)}
 
@@ -125,15 +183,11 @@ def train_denoiser(seed: int, out: Path, data: dict) -> dict:
     sampler = PairedTileSampler(data["noisy"], data["clean"], tile)
     result = train(model, sampler, restoration_objective(), settings, callback=log)
     to_half(model)
-    y0, y1, x0, x1 = HELD_OUT_DENOISE
-    noisy = render([HELD_OUT_DENOISE], "noisy")[0]
-    clean = render([HELD_OUT_DENOISE], "clean")[0]
-    metrics = evaluate_restoration(model, noisy, clean, (0, y1 - y0, 0, x1 - x0), device="cpu")
-    metrics.update(region=list(HELD_OUT_DENOISE), noise_sigma=NOISE_SIGMA,
-                   evaluation="engine tiled prediction at level 0, PSNR against the clean slide")
-    print(f"  PSNR {metrics['psnr_before']} -> {metrics['psnr_after']} dB ({metrics['psnr_gain']:+.2f})", flush=True)
+    found = measure(model, "noisy")
+    metrics = evaluate_denoiser(model)
     card = trained_card(model, provenance(seed, settings, result, {"variant": f"noisy (sigma {NOISE_SIGMA}) vs clean"}),
                         metrics, description=f"{arch} denoiser for the synthetic slide's noise (sigma {NOISE_SIGMA})")
+    record_halo(card, found)
     ship(model, out / name, card)
     return {"name": name, "psnr_gain": float(metrics["psnr_gain"]), "seconds": round(result.seconds)}
 
@@ -143,10 +197,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--halos-only", action="store_true",
+                        help="re-measure the halos of the model files in --out and update their cards")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     data: dict = {}
+    if args.halos_only:
+        data["held_image"], data["held_truth"] = render([HELD_OUT_SEG])[0], render([HELD_OUT_SEG], labels=True)[0]
+        remeasure_halos(args.out, args.models, data)
+        return
     seg = [m for m in args.models if m != "maxim"]
     if seg:
         images, truths = render(TRAIN_REGIONS), render(TRAIN_REGIONS, labels=True)

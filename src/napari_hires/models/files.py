@@ -136,4 +136,5 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         )
     load_weights(model, _read_weights(weights), str(weights))
     model.card = card
+    model.halo, model.tile_size = card.halo, card.tile_size  # a trained model's card holds its measured halo
     return model.to(device).eval()
