@@ -1,0 +1,133 @@
+"""Training benchmark: time per step and peak memory of the training loop for the shipped model configurations.
+
+    .venv/bin/python benchmarks/training.py                         # CPU: every configuration at tiles 128 and 256
+    .venv/bin/python benchmarks/training.py --device cuda --tiles 256 512
+
+Each row runs ``napari_hires.training.train`` (AdamW, augmentation, gradient clipping; autocast on CUDA) on tiles
+sampled from a rendered region of the synthetic slide, in a fresh process so that its peak memory is its own:
+- step s: median seconds per training step after two warm-up steps, and train px/s (tile pixels per second);
+- train/infer: one training step's time over one inference pass on the same batch in the same process (this
+  machine's speed drifts between runs, ratios do not);
+- peak MB above start: CPU resident memory (ru_maxrss) above what the process held once the model and data were
+  ready, or CUDA ``max_memory_allocated``; the x4 column compares tile 2t with tile t (4x the pixels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: name -> (architecture, overrides, task): the configurations of the shipped demo weights.
+CONFIGS = {
+    "hct_tiny_seg": ("hct_tiny_seg", {}, "segmentation"),
+    "maxvit_nano_seg (P=4)": ("maxvit_nano_seg", {"window_size": 4}, "segmentation"),
+    "xt_nano_seg (4x4 regions)": ("xt_nano_seg", {"window_regions": 4}, "segmentation"),
+    "maxim_nano (1 stage, 8 features)": ("maxim_nano", {"features": 8, "num_stages": 1}, "restoration"),
+    "maxim_nano (self-supervised)": ("maxim_nano", {"features": 8, "num_stages": 1}, "blind-spot"),
+}
+REGION = (20480, 21504, 12288, 13312)  # a 1024 x 1024 training region of the default slide
+
+
+def child(name: str, tile: int, batch: int, steps: int, device: str) -> dict:
+    """One configuration in this (fresh) process: the training loop's step time and peak memory."""
+    import psutil
+
+    from napari_hires.engine.runner import TileRunner
+    from napari_hires.io.synthetic import DEFAULT_SIZE, render_labels, render_region
+    from napari_hires.models import count_parameters, create_model
+    from napari_hires.training import TrainSettings, train
+    from napari_hires.training.losses import restoration_objective, segmentation_objective
+    from napari_hires.training.sampling import PairedTileSampler, Patch, TileSampler, to_classes
+    from napari_hires.training.selfsupervised import blind_spot_objective
+
+    arch, overrides, kind = CONFIGS[name]
+    y0, y1, x0, x1 = REGION
+    clean = render_region(0, y0, y1, x0, x1, size=DEFAULT_SIZE, seed=0)
+    if kind == "segmentation":
+        truth = to_classes(render_labels(0, y0, y1, x0, x1, size=DEFAULT_SIZE, seed=0), 4)
+        sampler, objective = TileSampler([Patch(clean, truth, (y0, x0))], tile), segmentation_objective()
+    else:
+        noisy = render_region(0, y0, y1, x0, x1, size=DEFAULT_SIZE, seed=0, variant="noisy")
+        if kind == "restoration":
+            sampler = PairedTileSampler([Patch(noisy, None, (y0, x0))], [Patch(clean, None, (y0, x0))], tile)
+            objective = restoration_objective()
+        else:
+            sampler, objective = TileSampler([Patch(noisy, None, (y0, x0))], tile), blind_spot_objective()
+    torch.manual_seed(0)
+    model = create_model(arch, **overrides)
+    runner = TileRunner(model, device=device, batch=batch)
+    images, _ = sampler.sample(batch, np.random.default_rng(0))
+    x = runner.to_input(images)
+    with torch.inference_mode():  # warm-up and the inference time of the same batch
+        model.eval()(x)
+        t0 = time.perf_counter()
+        model(x)
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        infer = time.perf_counter() - t0
+    if runner.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    baseline = psutil.Process().memory_info().rss
+    stamps: list[float] = []
+    settings = TrainSettings(steps=steps, batch=batch, tile=tile, device=device, bn_batches=0, seed=0)
+    train(model, sampler, objective, settings, callback=lambda s: stamps.append(s.seconds))
+    step = statistics.median(np.diff(stamps[1:]))  # the first two steps warm up
+    if runner.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    return dict(name=name, tile=tile, batch=batch, params=count_parameters(model), step=step, infer=infer,
+                peak=peak, device=str(runner.device))
+
+
+def run(name: str, tile: int, batch: int, steps: int, device: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--tile", str(tile), "--batch", str(batch),
+           "--steps", str(steps), "--device", device]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{name} at tile {tile} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names from: " + ", ".join(CONFIGS))
+    parser.add_argument("--tiles", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--tile", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.tile, args.batch, args.steps, args.device)))
+        return
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print(f"machine: {platform.node()}, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+          f"device {args.device}")
+    print("\n| configuration | params | tile x batch | step s | train px/s | train/infer | peak MB above start "
+          "| peak x (tile 2t / t) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in [c for c in args.configs.split(",") if c]:
+        previous = None
+        for tile in sorted(args.tiles):
+            r = run(name, tile, args.batch, args.steps, args.device)
+            growth = f"{r['peak'] / previous:.2f}" if previous else ""
+            previous = r["peak"]
+            print(f"| {name} | {r['params'] / 1e6:.2f}M | {tile} x {r['batch']} | {r['step']:.2f} "
+                  f"| {r['batch'] * tile * tile / r['step'] / 1e3:,.0f}k | {r['step'] / r['infer']:.1f} "
+                  f"| {r['peak'] / 2**20:,.0f} | {growth} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
