@@ -8,8 +8,8 @@ sampled from a rendered region of the synthetic slide, in a fresh process so tha
 - step s: median seconds per training step after two warm-up steps, and train px/s (tile pixels per second);
 - train/infer: one training step's time over one inference pass on the same batch in the same process (this
   machine's speed drifts between runs, ratios do not);
-- peak MB above start: CPU resident memory (ru_maxrss) above what the process held once the model and data were
-  ready, or CUDA ``max_memory_allocated``; the x4 column compares tile 2t with tile t (4x the pixels).
+- peak MB above start: CPU peak resident memory (Linux VmHWM, reset once the model and data are ready) above what
+  the process held then, or CUDA ``max_memory_allocated``; the last column compares tile 2t with tile t (4x pixels).
 """
 
 from __future__ import annotations
@@ -68,16 +68,20 @@ def child(name: str, tile: int, batch: int, steps: int, device: str) -> dict:
     runner = TileRunner(model, device=device, batch=batch)
     images, _ = sampler.sample(batch, np.random.default_rng(0))
     x = runner.to_input(images)
-    with torch.inference_mode():  # warm-up and the inference time of the same batch
+    with torch.inference_mode():  # warm-up, then the inference time of the same batch (median of 3)
         model.eval()(x)
-        t0 = time.perf_counter()
-        model(x)
-        if runner.device.type == "cuda":
-            torch.cuda.synchronize()
-        infer = time.perf_counter() - t0
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(x)
+            if runner.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        infer = statistics.median(times)
     if runner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = psutil.Process().memory_info().rss
+    peak_reset = _reset_peak_rss()
     stamps: list[float] = []
     settings = TrainSettings(steps=steps, batch=batch, tile=tile, device=device, bn_batches=0, seed=0)
     train(model, sampler, objective, settings, callback=lambda s: stamps.append(s.seconds))
@@ -85,9 +89,27 @@ def child(name: str, tile: int, batch: int, steps: int, device: str) -> dict:
     if runner.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+        peak = (_peak_rss() if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - baseline
     return dict(name=name, tile=tile, batch=batch, params=count_parameters(model), step=step, infer=infer,
                 peak=peak, device=str(runner.device))
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux: VmHWM), so that rendering the data does not count; False if not."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def run(name: str, tile: int, batch: int, steps: int, device: str) -> dict:

@@ -17,3 +17,22 @@ def report_error(status: Any, err: BaseException, user_errors: tuple[type[BaseEx
         return
     status.value = f"failed: {type(err).__name__}: {err}"
     raise err
+
+
+def message_rows(*rows: Any) -> Any:
+    """A form of captioned, word-wrapped message lines (magicgui Labels), aligned and given the dock's full width.
+
+    magicgui lays each labelled widget out on its own row, so long messages squeeze to a sliver or clip; here the
+    captions share one column and the messages wrap within the rest.
+    """
+    from qtpy.QtWidgets import QFormLayout, QLabel, QSizePolicy, QWidget
+
+    box = QWidget()
+    form = QFormLayout(box)
+    form.setContentsMargins(0, 0, 0, 0)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    for label in rows:
+        label.native.setWordWrap(True)
+        label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        form.addRow(QLabel(label.label), label.native)
+    return box

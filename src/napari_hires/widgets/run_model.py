@@ -24,7 +24,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.widgets import _layers
-from napari_hires.widgets._status import USER_ERRORS, report_error
+from napari_hires.widgets._status import USER_ERRORS, message_rows, report_error
 
 MODEL_FILE = "model file..."
 SCOPES = ("whole image", "visible region", "Shapes rectangle")
@@ -128,16 +128,19 @@ class RunModelWidget(QWidget):
         self.resume = Label(label="resume", value="")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.progress = ProgressBar(min=0, max=1, value=0)
         self.status = Label(label="status", value="")
         self._form = Container(widgets=[
             self.image, self.model, self.model_file, self.scope, self.shapes, self.device, self.precision,
-            self.tile, self.overlap, self.batch, self.auto, self.estimate, self.output, self.overwrite,
-            self.resume, Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-            self.progress, self.status,
+            self.tile, self.overlap, self.batch, self.output, self.overwrite,
         ])
+        self._run_row = Container(widgets=[self.run_button, self.cancel_button, self.progress], layout="horizontal",
+                                  labels=False)
         layout = QVBoxLayout(self)
         layout.addWidget(self._form.native)
+        layout.addWidget(message_rows(self.auto, self.estimate, self.resume))
+        layout.addWidget(self._run_row.native)
+        layout.addWidget(message_rows(self.status))
         layout.addStretch()
 
         self._models: dict[str, Any] = {}
@@ -178,8 +181,6 @@ class RunModelWidget(QWidget):
         camera = _layers.camera(self.viewer)
         camera.events.center.connect(self._on_camera)
         camera.events.zoom.connect(self._on_camera)
-        for label in (self.auto, self.estimate, self.resume, self.status):
-            label.native.setWordWrap(True)  # long messages wrap instead of widening the dock
         self._on_layers_changed()  # layers that were there before the widget
         self._on_input_changed()
 
