@@ -15,7 +15,7 @@ from napari_hires.errors import HiresError
 from napari_hires.io.ome_zarr_writer import OmeZarrWriter, write_ome_zarr
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.synthetic import synthetic_slide
-from napari_hires.labels.store import JOURNAL, EditSession, LabelStore, Window
+from napari_hires.labels.store import JOURNAL, Box, EditSession, LabelStore
 
 SIZE = (1024, 768)
 LAYOUT = dict(chunk=128, min_size=64, derive_levels=True)
@@ -55,7 +55,7 @@ def test_checkout_commit_round_trip_equals_a_fresh_build(store_path, truth, tmp_
     window[20:90, 30:200] = 2  # a painted rectangle
     window[150:, :50] = 0  # an erased corner
     window[5, 5] = 1
-    assert store.commit(301, 97, window) == Window(301, 555, 97, 420)
+    assert store.commit(301, 97, window) == Box(301, 555, 97, 420)
 
     edited = truth.copy()
     edited[301:555, 97:420] = window
@@ -96,10 +96,10 @@ def test_labels_group_of_an_image_store(tmp_path, truth):
 @pytest.mark.parametrize(
     ("center", "extent", "expected", "clipped"),
     [
-        ((500.0, 400.0), (200.0, 100.0), Window(400, 600, 350, 450), False),  # the view, inside the labels
-        ((50.0, 700.0), (300.0, 200.0), Window(0, 200, 600, 768), False),  # the view's part inside the labels
-        ((512.0, 384.0), (5000.0, 150.0), Window(412, 612, 309, 459), True),  # central 200 px of a tall view
-        ((900.0, 384.0), (700.0, 700.0), Window(687, 887, 284, 484), True),  # central part of the part inside
+        ((500.0, 400.0), (200.0, 100.0), Box(400, 600, 350, 450), False),  # the view, inside the labels
+        ((50.0, 700.0), (300.0, 200.0), Box(0, 200, 600, 768), False),  # the view's part inside the labels
+        ((512.0, 384.0), (5000.0, 150.0), Box(412, 612, 309, 459), True),  # central 200 px of a tall view
+        ((900.0, 384.0), (700.0, 700.0), Box(687, 887, 284, 484), True),  # central part of the part inside
     ],
 )
 def test_window_for_view_clips_to_the_labels_and_caps_the_side(store_path, center, extent, expected, clipped):
@@ -149,14 +149,14 @@ def test_bad_commits_are_refused_and_leave_the_store_unchanged(store_path, truth
     with pytest.raises(HiresError, match="empty or outside"):
         store.checkout(10, 10, 0, 5)
     np.testing.assert_array_equal(store.arrays[0][...], truth)
-    assert store.commit(0, 0, np.full((10, 10), 3, np.int64)) == Window(0, 10, 0, 10)  # fits: stored as uint8
+    assert store.commit(0, 0, np.full((10, 10), 3, np.int64)) == Box(0, 10, 0, 10)  # fits: stored as uint8
     assert (store.arrays[0][:10, :10] == 3).all()
 
 
 def test_an_interrupted_commit_is_repaired_when_the_store_is_opened(store_path, truth, tmp_path):
     """A crash after level 0 was written but before the coarser levels were: the journal names the box."""
     store = LabelStore.open(store_path)
-    store._write_journal(Window(100, 164, 200, 300))
+    store._write_journal(Box(100, 164, 200, 300))
     store.arrays[0][100:164, 200:300] = 2
     coarse_before = store.arrays[2][...]
     reopened = LabelStore.open(store_path)
@@ -183,7 +183,7 @@ def test_concurrent_commits_keep_the_pyramid_in_step(store_path, truth, tmp_path
 
 def test_edit_session_saves_each_change_in_order_and_reverts(store_path, truth, tmp_path):
     store = LabelStore.open(store_path)
-    window = Window(200, 712, 100, 612)
+    window = Box(200, 712, 100, 612)
     session = EditSession(store, window)
     data = session.data
     assert session.save(data) is None  # nothing changed
@@ -191,7 +191,7 @@ def test_edit_session_saves_each_change_in_order_and_reverts(store_path, truth, 
     for i in range(5):  # overlapping strokes, queued faster than they are written
         data[50 * i: 50 * i + 120, 40 * i: 40 * i + 90] = i % 3 + 1
         strokes.append(session.save(data))
-    assert strokes[-1].result(timeout=30) == Window(400, 520, 260, 350)
+    assert strokes[-1].result(timeout=30) == Box(400, 520, 260, 350)
     edited = truth.copy()
     edited[window.slices] = data
     _assert_fresh_build(LabelStore.open(store_path), edited, tmp_path)

@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from napari_hires.geometry import Box
+
 #: Weight of distrusted pixels: not zero, so that a pixel every tile distrusts still gets a (blended) value.
 FLOOR = 1e-6
 #: Narrowest cross-fade used when the overlap leaves room for one.
@@ -117,29 +119,6 @@ def edge_weights(length: int, margin: int, blend: int, taper_start: bool, taper_
         ramp = np.clip((dist - margin + 0.5) / max(blend, 1), 0.0, 1.0) if blend else (dist >= margin).astype(float)
         w = np.minimum(w, 0.5 - 0.5 * np.cos(np.pi * ramp))
     return np.maximum(w, FLOOR).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Box:
-    """A rectangle [y0, y1) x [x0, x1) in pixels of one pyramid level."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.y1 - self.y0, self.x1 - self.x0
-
-    def intersect(self, other: "Box") -> "Box | None":
-        y0, y1, x0, x1 = max(self.y0, other.y0), min(self.y1, other.y1), max(self.x0, other.x0), min(self.x1, other.x1)
-        return Box(y0, y1, x0, x1) if y0 < y1 and x0 < x1 else None
-
-    def grow(self, by: int, bounds: "Box") -> "Box":
-        """This box widened by ``by`` on every side, clipped to ``bounds``."""
-        return Box(max(bounds.y0, self.y0 - by), min(bounds.y1, self.y1 + by),
-                   max(bounds.x0, self.x0 - by), min(bounds.x1, self.x1 + by))
 
 
 def context_box(target: Box, image: Box, layout: TileLayout) -> Box:

@@ -1,5 +1,5 @@
 """Editable label stores: check out a full-resolution window, commit it back, keep every pyramid level in step."""
 
-from napari_hires.labels.store import EditSession, LabelStore, Window
+from napari_hires.labels.store import Box, EditSession, LabelStore
 
-__all__ = ["EditSession", "LabelStore", "Window"]
+__all__ = ["Box", "EditSession", "LabelStore"]

@@ -14,13 +14,14 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import dask.array as da
 import numpy as np
 import zarr
 
 from napari_hires.errors import HiresError
+from napari_hires.geometry import Box
 from napari_hires.io.build_state import is_incomplete
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.pyramid_update import update_levels
@@ -29,26 +30,6 @@ from napari_hires.io.pyramid_update import update_levels
 MAX_SIDE = 4096
 #: File in the label image's directory naming the level-0 box of a commit in progress (absent when in step).
 JOURNAL = "napari_hires_edit.json"
-
-
-class Window(NamedTuple):
-    """A level-0 rectangle [y0, y1) x [x0, x1) in pixels."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.y1 - self.y0, self.x1 - self.x0
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y0, self.y1), slice(self.x0, self.x1)
-
-    def __str__(self) -> str:
-        return f"y {self.y0}:{self.y1}, x {self.x0}:{self.x1}"
 
 
 def _convert_hint(path: Path) -> str:
@@ -147,11 +128,11 @@ class LabelStore:
 
     def checkout(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """A copy of level 0 over [y0, y1) x [x0, x1), to be edited and committed back."""
-        box = self._check_box(Window(y0, y1, x0, x1))
+        box = self._check_box(Box(y0, y1, x0, x1))
         return np.asarray(self.arrays[0][self._index(box)]).reshape(box.shape)
 
     def window_for_view(self, center: Sequence[float], extent: Sequence[float],
-                        max_side: int = MAX_SIDE) -> tuple[Window, bool]:
+                        max_side: int = MAX_SIDE) -> tuple[Box, bool]:
         """The level-0 window under a view (center and extent in level-0 pixels, y then x), at most ``max_side``
         on a side: the view's part inside the labels, or its central part when that is larger (then ``True``)."""
         h, w = self.shape
@@ -169,15 +150,15 @@ class LabelStore:
             start = max(0, math.floor(a))
             stop = min(n, math.ceil(b), start + max_side)
             bounds += [start, stop]
-        return Window(*bounds), clipped
+        return Box(*bounds), clipped
 
     # ------------------------------------------------------------------------------------------------ writing
-    def commit(self, y0: int, x0: int, data: np.ndarray) -> Window:
+    def commit(self, y0: int, x0: int, data: np.ndarray) -> Box:
         """Write ``data`` to level 0 at (y0, x0) and recompute the covering region of every coarser level."""
         data = np.asarray(data)
         if data.ndim != 2:
             raise HiresError(f"labels to commit must be 2-D (y, x), got shape {data.shape}")
-        box = self._check_box(Window(y0, y0 + data.shape[0], x0, x0 + data.shape[1]))
+        box = self._check_box(Box(y0, y0 + data.shape[0], x0, x0 + data.shape[1]))
         data = self._fit_dtype(data)
         with self._lock:
             self._write_journal(box)
@@ -186,7 +167,7 @@ class LabelStore:
             (self.path / JOURNAL).unlink()
         return box
 
-    def _update_pyramid(self, box: Window) -> None:
+    def _update_pyramid(self, box: Box) -> None:
         update_levels(self.arrays, *box, axes=self.axes, labels=True)
 
     def _recover(self) -> None:
@@ -195,22 +176,22 @@ class LabelStore:
         if not journal.is_file():
             return
         try:
-            box = self._check_box(Window(*(int(v) for v in json.loads(journal.read_text())["pending"])))
+            box = self._check_box(Box(*(int(v) for v in json.loads(journal.read_text())["pending"])))
         except (ValueError, KeyError, TypeError, HiresError):
-            box = Window(0, self.shape[0], 0, self.shape[1])  # unreadable journal: rebuild everything
+            box = Box(0, self.shape[0], 0, self.shape[1])  # unreadable journal: rebuild everything
         with self._lock:
             self._update_pyramid(box)
             journal.unlink()
 
-    def _write_journal(self, box: Window) -> None:
+    def _write_journal(self, box: Box) -> None:
         tmp = self.path / f".{JOURNAL}.tmp"
         tmp.write_text(json.dumps({"pending": list(box)}))
         os.replace(tmp, self.path / JOURNAL)
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _check_box(self, box: Window) -> Window:
+    def _check_box(self, box: Box) -> Box:
         h, w = self.shape
-        box = Window(*(int(v) for v in box))
+        box = Box(*(int(v) for v in box))
         if not (0 <= box.y0 < box.y1 <= h and 0 <= box.x0 < box.x1 <= w):
             raise HiresError(f"window {box} is empty or outside the labels of {self.path} ({h} x {w} pixels)")
         return box
@@ -227,10 +208,10 @@ class LabelStore:
                              f"(at most {info.max}); use labels up to {info.max}")
         return data.astype(self.dtype)
 
-    def _index(self, box: Window) -> tuple[slice, ...]:
+    def _index(self, box: Box) -> tuple[slice, ...]:
         return tuple({"y": slice(box.y0, box.y1), "x": slice(box.x0, box.x1)}.get(a, slice(0, 1)) for a in self.axes)
 
-    def _sel_shape(self, box: Window) -> tuple[int, ...]:
+    def _sel_shape(self, box: Box) -> tuple[int, ...]:
         return tuple({"y": box.shape[0], "x": box.shape[1]}.get(a, 1) for a in self.axes)
 
 
@@ -243,14 +224,14 @@ def _label_names(group: zarr.Group) -> list[str]:
     return [str(n) for n in attrs.get("ome", attrs).get("labels", [])]
 
 
-def _changed_box(before: np.ndarray, after: np.ndarray) -> Window | None:
+def _changed_box(before: np.ndarray, after: np.ndarray) -> Box | None:
     """Bounding box of the pixels that differ between two arrays of the same shape, or None."""
     rows = np.flatnonzero((before != after).any(axis=1))
     if not rows.size:
         return None
     y0, y1 = int(rows[0]), int(rows[-1]) + 1
     cols = np.flatnonzero((before[y0:y1] != after[y0:y1]).any(axis=0))
-    return Window(y0, y1, int(cols[0]), int(cols[-1]) + 1)
+    return Box(y0, y1, int(cols[0]), int(cols[-1]) + 1)
 
 
 class EditSession:
@@ -260,7 +241,7 @@ class EditSession:
     bounding box of what changed since the last save is written, so a crash loses at most the stroke in flight.
     """
 
-    def __init__(self, store: LabelStore, window: Window) -> None:
+    def __init__(self, store: LabelStore, window: Box) -> None:
         self.store = store
         self.window = window
         self.original = store.checkout(*window)
@@ -269,19 +250,19 @@ class EditSession:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-hires-label-commit")
         self._failed = False
 
-    def save(self, data: np.ndarray) -> Future[Window] | None:
+    def save(self, data: np.ndarray) -> Future[Box] | None:
         """Queue the write of what changed in ``data`` since the last save; None when nothing changed."""
         if self._failed:
             self._failed = False
-            return self._submit(Window(0, data.shape[0], 0, data.shape[1]), data)
+            return self._submit(Box(0, data.shape[0], 0, data.shape[1]), data)
         box = _changed_box(self._saved, data)
         return None if box is None else self._submit(box, data)
 
-    def commit(self, data: np.ndarray) -> Future[Window]:
+    def commit(self, data: np.ndarray) -> Future[Box]:
         """Queue the write of the whole window (whatever earlier saves did)."""
-        return self._submit(Window(0, data.shape[0], 0, data.shape[1]), data)
+        return self._submit(Box(0, data.shape[0], 0, data.shape[1]), data)
 
-    def revert(self) -> Future[Window] | None:
+    def revert(self) -> Future[Box] | None:
         """Queue writing back the window as it was checked out, undoing every saved edit; ``data`` follows."""
         self.data[...] = self.original
         return self.save(self.data)
@@ -290,14 +271,14 @@ class EditSession:
         """Stop taking writes; queued ones still land (``wait`` for them, or let them finish in the background)."""
         self._writer.shutdown(wait=wait)
 
-    def _submit(self, box: Window, data: np.ndarray) -> Future[Window]:
+    def _submit(self, box: Box, data: np.ndarray) -> Future[Box]:
         if data.shape != self.original.shape:
             raise HiresError(f"edited labels have shape {data.shape}, the checked-out window {self.original.shape}")
         patch = np.array(data[box.slices], copy=True)
         self._saved[box.slices] = patch
         return self._writer.submit(self._write, box, patch)
 
-    def _write(self, box: Window, patch: np.ndarray) -> Window:
+    def _write(self, box: Box, patch: np.ndarray) -> Box:
         try:
             return self.store.commit(self.window.y0 + box.y0, self.window.x0 + box.x0, patch)
         except BaseException:

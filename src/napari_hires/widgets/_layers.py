@@ -6,6 +6,7 @@ Qt-free: these take napari layer and viewer objects but never touch Qt, so they 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -16,6 +17,27 @@ from napari_hires.errors import HiresError
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 Region = tuple[int, int, int, int]  # y0, y1, x0, x1 in level-0 pixels
+
+_warming = threading.Lock()
+_warmed = False
+
+
+def warm_layer_imports() -> None:
+    """Import, off the UI thread, what napari imports the first time it makes a Labels layer (pandas and parts of
+    scikit-image, about a second), so that a run's first result layer does not freeze the viewer."""
+    global _warmed
+    with _warming:
+        if _warmed:
+            return
+        _warmed = True
+
+    def run() -> None:
+        import pandas  # noqa: F401
+        import skimage.color  # noqa: F401
+        import skimage.exposure  # noqa: F401
+        import skimage.util  # noqa: F401
+
+    threading.Thread(target=run, name="hires-warm-imports", daemon=True).start()
 
 
 def layer_source(layer: Any) -> str | None:

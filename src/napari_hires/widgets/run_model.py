@@ -183,6 +183,7 @@ class RunModelWidget(QWidget):
         camera.events.zoom.connect(self._on_camera)
         self._on_layers_changed()  # layers that were there before the widget
         self._on_input_changed()
+        _layers.warm_layer_imports()
 
     # ------------------------------------------------------------------ choices
     def _image_layers(self, _widget: Any = None) -> list[Any]:
