@@ -118,6 +118,19 @@ def test_downsample_mode_majority_ties_and_odd_edges():
     np.testing.assert_array_equal(downsample_mode(block, 2, axes="yx"), expected)
     stacked = np.stack([block, block + 1])
     np.testing.assert_array_equal(downsample_mode(stacked, 2, axes="zyx"), np.stack([expected, expected + 1]))
+    even = block[:4, :4]  # even sizes take the quarter-view path; odd ones the general window count
+    np.testing.assert_array_equal(downsample_mode(even, 2, axes="yx"), expected[:2, :2])
+
+
+@pytest.mark.parametrize("axes, shape", [("yx", (64, 96)), ("cyx", (2, 32, 48)), ("yxc", (32, 48, 3))])
+def test_downsample_mode_even_path_equals_the_general_count(axes, shape):
+    rng = np.random.default_rng(1)
+    for classes in (2, 3, 6):
+        block = rng.integers(0, classes, shape).astype(np.uint8)
+        iy = axes.index("y")
+        odd = np.concatenate([block, np.take(block, [0], axis=iy)], axis=iy)  # one more row: the general path
+        general = np.take(downsample_mode(odd, 2, axes), range(shape[iy] // 2), axis=iy)
+        np.testing.assert_array_equal(downsample_mode(block, 2, axes), general)
 
 
 # ---------------------------------------------------------------------------------------------------- building

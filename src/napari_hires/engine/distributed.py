@@ -14,7 +14,6 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import astuple
 from typing import Any
 
 from distributed import Client, WorkerPlugin, as_completed, get_worker
@@ -114,7 +113,7 @@ def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan, progr
         if item is None:
             return
         index, box, want = item
-        future = client.submit(_run_block, name, index, astuple(box), astuple(want),
+        future = client.submit(_run_block, name, index, tuple(box), tuple(want),
                                key=f"{name}-block-{index[0]}-{index[1]}", pure=False)
         boxes[future.key] = box
         running.add(future)

@@ -70,6 +70,9 @@ def downsample_mean(block: np.ndarray, factor: int = 2, axes: str = "yx...") -> 
 def downsample_mode(block: np.ndarray, factor: int = 2, axes: str = "yx...") -> np.ndarray:
     """Most frequent value of each window in y and x; ties go to the largest value, so objects beat background 0."""
     block = np.asarray(block)
+    iy, ix = _yx_axes(block.ndim, axes)
+    if factor == 2 and block.shape[iy] % 2 == 0 and block.shape[ix] % 2 == 0:
+        return _mode_2x2(block, iy, ix)
     win, valid = _windows(block, factor, axes)
     k = win.shape[-1]
     best = win[..., 0].copy()
@@ -84,3 +87,18 @@ def downsample_mode(block: np.ndarray, factor: int = 2, axes: str = "yx...") -> 
         best = np.where(better, candidate, best)
         best_count = np.where(better, count, best_count)
     return _restore_axes(best, block, axes)
+
+
+def _mode_2x2(block: np.ndarray, iy: int, ix: int) -> np.ndarray:
+    """:func:`downsample_mode` for 2 x 2 windows of an even-sized block, on the four strided quarter views (the
+    pyramid's common case, several times faster than counting over window axes)."""
+    moved = np.moveaxis(block, (iy, ix), (-2, -1))
+    quarters = [moved[..., i::2, j::2] for i in (0, 1) for j in (0, 1)]
+    eq = {(i, j): (quarters[i] == quarters[j]).view(np.uint8) for i in range(4) for j in range(i + 1, 4)}
+    counts = [sum(eq[min(i, j), max(i, j)] for j in range(4) if j != i) for i in range(4)]  # others equal to it
+    best, best_count = quarters[0].copy(), counts[0]
+    for value, count in zip(quarters[1:], counts[1:]):
+        better = (count > best_count) | ((count == best_count) & (value > best))
+        best = np.where(better, value, best)
+        best_count = np.where(better, count, best_count)
+    return np.ascontiguousarray(np.moveaxis(best, (-2, -1), (iy, ix)))
