@@ -35,6 +35,24 @@ def test_tiled_equals_whole_image_for_a_convolutional_model(conv_model, rgb_imag
     assert (tiled - _whole(conv_model, rgb_image)).abs().max() < 1e-4
 
 
+def test_stretched_tiles_give_the_same_result_from_fewer_tile_pixels(conv_model, rgb_image):
+    """A model that tiles exactly may stretch its tiles to fit a region: same output, less work."""
+    bounds = Box(0, rgb_image.shape[0], 0, rgb_image.shape[1])
+    fixed = TileLayout.for_model(100, conv_model.halo, None, 4, conv_model.receptive_field)
+    stretched = TileLayout.for_model(100, conv_model.halo, None, 4, conv_model.receptive_field, stretch=True)
+    assert stretched.max_tile == 128 and fixed.max_tile == 100
+    runs = []
+    for layout in (fixed, stretched):
+        runner = TileRunner(conv_model, device="cpu", batch=3)
+        runs.append((runner.predict_region(rgb_image, bounds, bounds, layout)[0], runner.tile_pixels))
+    (out_fixed, px_fixed), (out_stretched, px_stretched) = runs
+    assert px_stretched < px_fixed
+    assert (out_stretched - _whole(conv_model, rgb_image)).abs().max() < 1e-4
+    assert (out_fixed - out_stretched).abs().max() < 1e-4
+    attention = TileLayout.for_model(100, 6, None, 4, receptive_field=100, stretch=True)
+    assert attention.max_tile == attention.tile  # its output depends on the tile: never stretched
+
+
 def test_tiles_without_context_margin_show_seams(conv_model, rgb_image):
     runner = TileRunner(conv_model, device="cpu")
     bounds = Box(0, rgb_image.shape[0], 0, rgb_image.shape[1])

@@ -64,17 +64,17 @@ def predict_distributed(
                    probabilities=probabilities)
     plan = plan_prediction(image, model, out, overwrite=overwrite, **options)
     cancel = cancel or CancelToken()
-    pixels = tiles = written = 0
+    pixels = tiles = tile_pixels = written = 0
     if plan.todo:
         plugin = BlockWorker(image, out, options, _model_spec(model, plan),
                              dict(device=device, precision=precision, batch=batch))
-        pixels, tiles, written = _schedule(client, plugin, plan, progress, cancel)
+        pixels, tiles, tile_pixels, written = _schedule(client, plugin, plan, progress, cancel)
     cancelled = written < len(plan.todo)
     if not cancelled:
         plan.spec.finish()
     return PredictionResult(
         path=out, task=plan.net.task, pixels=pixels, seconds=time.perf_counter() - t0, tiles=tiles,
-        tile_pixels=plan.layout.tile ** 2, blocks_done=written, blocks_skipped=plan.skipped,
+        tile_pixels=tile_pixels, blocks_done=written, blocks_skipped=plan.skipped,
         blocks_total=len(plan.todo) + plan.skipped, cancelled=cancelled, layout=plan.layout,
     )
 
@@ -96,13 +96,14 @@ def _model_spec(model: Any, plan: PredictionPlan) -> dict[str, Any]:
 
 
 def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan, progress: Progress | None,
-              cancel: CancelToken) -> tuple[int, int, int]:
-    """Hand out the plan's blocks (a bounded number in flight), gather them; returns (pixels, tiles, blocks)."""
+              cancel: CancelToken) -> tuple[int, int, int, int]:
+    """Hand out the plan's blocks (a bounded number in flight), gather them; returns (pixels, tiles, tile pixels,
+    blocks)."""
     _wait_for_workers(client)
     name = f"napari-hires-{uuid.uuid4().hex[:12]}"
     client.register_plugin(plugin, name=name)
     total, done = len(plan.todo) + plan.skipped, plan.skipped
-    pixels = tiles = written = 0
+    pixels = tiles = tile_pixels = written = 0
     window = max(2, 2 * sum(client.nthreads().values()))
     todo = iter(plan.todo)
     boxes: dict[str, Any] = {}
@@ -122,8 +123,9 @@ def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan, progr
         for _ in range(window):
             submit()
         for future in running:
-            block_pixels, block_tiles = future.result()  # re-raises a worker's error here
+            block_pixels, block_tiles, block_tile_pixels = future.result()  # re-raises a worker's error here
             pixels, tiles, written, done = pixels + block_pixels, tiles + block_tiles, written + 1, done + 1
+            tile_pixels += block_tile_pixels
             if progress is not None:
                 progress(done, total, boxes.pop(future.key))
             submit()
@@ -136,7 +138,7 @@ def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan, progr
         raise
     finally:
         client.unregister_worker_plugin(name)
-    return pixels, tiles, written
+    return pixels, tiles, tile_pixels, written
 
 
 def _wait_for_workers(client: Client) -> None:
@@ -149,8 +151,9 @@ def _wait_for_workers(client: Client) -> None:
                          "start some (dask worker ADDRESS) or use --workers N for a local cluster") from None
 
 
-def _run_block(plugin: str, index: tuple[int, int], box: tuple[int, ...], want: tuple[int, ...]) -> tuple[int, int]:
-    """The task: one block on this worker's cached job; returns (pixels, tiles)."""
+def _run_block(plugin: str, index: tuple[int, int], box: tuple[int, ...],
+               want: tuple[int, ...]) -> tuple[int, int, int]:
+    """The task: one block on this worker's cached job; returns (pixels, tiles, tile pixels)."""
     return get_worker().plugins[plugin].run(index, box, want)
 
 
@@ -172,16 +175,17 @@ class BlockWorker(WorkerPlugin):
     def teardown(self, worker: Any) -> None:
         self.job = None
 
-    def run(self, index: tuple[int, int], box: tuple[int, ...], want: tuple[int, ...]) -> tuple[int, int]:
+    def run(self, index: tuple[int, int], box: tuple[int, ...], want: tuple[int, ...]) -> tuple[int, int, int]:
         from napari_hires.engine.tiling import Box
 
         with self.lock:
             if self.job is None:
                 self.job = self._open()
-            before = self.job.tiles
+            before = self.job.tiles, self.job.runner.tile_pixels
             want_box = Box(*want)
             self.job.predict_block(tuple(index), Box(*box), want_box)
-            return want_box.shape[0] * want_box.shape[1], self.job.tiles - before
+            return (want_box.shape[0] * want_box.shape[1], self.job.tiles - before[0],
+                    self.job.runner.tile_pixels - before[1])
 
     def _open(self) -> Any:
         """Open input, model and store as the client planned them (the same run record reopens the same store)."""

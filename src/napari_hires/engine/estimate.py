@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_hires.engine.tiling import Box, TileLayout, context_box, layout_for, output_grid, tile_starts
+from napari_hires.engine.tiling import Box, TileLayout, context_box, layout_for, output_grid
 
 #: Input blocks the pipeline holds at once (prefetched, being read, being predicted), and output blocks.
 INPUT_BLOCKS_IN_FLIGHT = 4
@@ -40,6 +40,7 @@ class RunGeometry:
     tiles: int
     context_pixels: int  # input pixels of the largest block with its context
     output_pixels: int  # output pixels of one whole block
+    tile_pixels: int = 0  # input pixels of all the tiles (tiles may stretch to fit a block)
 
 
 @dataclass(frozen=True)
@@ -76,19 +77,22 @@ def run_geometry(
     bounds = Box(0, h, 0, w)
     target = bounds if region is None else Box(*region).intersect(bounds)
     if target is None:
-        return RunGeometry(layout, block, 0, 0, 0, block * block)
+        return RunGeometry(layout, block, 0, 0, 0, block * block, 0)
     if model.task == "classification":
         return _heatmap_geometry(shape, target, layout, block)
     rows = _dense_spans(target.y0, target.y1, h, block, layout, axis=0)
     cols = _dense_spans(target.x0, target.x1, w, block, layout, axis=1)
     return RunGeometry(
-        layout, block, blocks=len(rows) * len(cols), tiles=sum(n for n, _ in rows) * sum(n for n, _ in cols),
-        context_pixels=max(c for _, c in rows) * max(c for _, c in cols), output_pixels=block * block,
+        layout, block, blocks=len(rows) * len(cols), tiles=sum(n for n, _, _ in rows) * sum(n for n, _, _ in cols),
+        context_pixels=max(c for _, c, _ in rows) * max(c for _, c, _ in cols), output_pixels=block * block,
+        tile_pixels=sum(n * t for n, _, t in rows) * sum(n * t for n, _, t in cols),
     )
 
 
-def _dense_spans(lo: int, hi: int, size: int, block: int, layout: TileLayout, axis: int) -> list[tuple[int, int]]:
-    """(tiles along this axis, context length) of each block row (axis 0) or column (axis 1) the target meets."""
+def _dense_spans(lo: int, hi: int, size: int, block: int, layout: TileLayout,
+                 axis: int) -> list[tuple[int, int, int]]:
+    """(tiles along this axis, context length, tile length) of each block row (axis 0) or column (axis 1) the
+    target meets."""
     spans = []
     for start in range(lo // block * block, hi, block):
         want = (max(lo, start), min(hi, start + block, size))
@@ -96,7 +100,8 @@ def _dense_spans(lo: int, hi: int, size: int, block: int, layout: TileLayout, ax
         image = Box(0, size, 0, 1) if axis == 0 else Box(0, 1, 0, size)
         ctx = context_box(box, image, layout)
         a, b = (ctx.y0, ctx.y1) if axis == 0 else (ctx.x0, ctx.x1)
-        spans.append((len(tile_starts(a, b, layout.tile, layout.overlap)), b - a))
+        length, starts = layout.axis(a, b)
+        spans.append((len(starts), b - a, min(length, b - a)))
     return spans
 
 
@@ -110,6 +115,7 @@ def _heatmap_geometry(shape: tuple[int, int], target: Box, layout: TileLayout, b
     return RunGeometry(
         layout, block, blocks=len(rows) * len(cols), tiles=sum(rows) * sum(cols),
         context_pixels=side(max(rows)) * side(max(cols)), output_pixels=block * block,
+        tile_pixels=sum(rows) * sum(cols) * layout.tile ** 2,
     )
 
 
@@ -189,11 +195,12 @@ def estimate_run(
     host = (INPUT_BLOCKS_IN_FLIGHT * geometry.context_pixels * model.in_channels * itemsize
             + OUTPUT_BLOCKS_IN_FLIGHT * geometry.output_pixels * out_itemsize
             * (out_channels if model.task != "segmentation" else 1))
-    tile_px = geometry.layout.tile ** 2
+    tile_px = max(geometry.layout.max_tile, geometry.layout.tile) ** 2
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     accumulators = 0 if model.task == "classification" else (out_channels + 1) * geometry.context_pixels * 4
     dev = weights + batch * (tile_px * (model.in_channels + 2 * out_channels) * 4 + activations) + accumulators
-    return Estimate(geometry, geometry.tiles * per_tile, int(host), int(dev), resolve_device(device).type)
+    seconds = geometry.tile_pixels / geometry.layout.tile ** 2 * per_tile  # per_tile: one tile of the set size
+    return Estimate(geometry, seconds, int(host), int(dev), resolve_device(device).type)
 
 
 def stored_progress(out: str | Path) -> tuple[int, int] | None:

@@ -41,7 +41,7 @@ class PredictionResult:
     pixels: int  # input pixels predicted by this run
     seconds: float
     tiles: int  # tiles the model ran on
-    tile_pixels: int
+    tile_pixels: int  # input pixels of those tiles
     blocks_done: int  # written by this run
     blocks_skipped: int  # found done by an earlier run
     blocks_total: int
@@ -51,7 +51,7 @@ class PredictionResult:
     @property
     def overlap_factor(self) -> float:
         """k: input-tile pixels the model saw per image pixel predicted (1.0 means no overlap at all)."""
-        return self.tiles * self.tile_pixels / self.pixels if self.pixels else float("nan")
+        return self.tile_pixels / self.pixels if self.pixels else float("nan")
 
     @property
     def megapixels_per_second(self) -> float:
@@ -124,7 +124,7 @@ def plan_prediction(
     out_shape = (math.ceil(source.shape[0] / stride), math.ceil(source.shape[1] / stride)) if classify else source.shape
     run = run_record(
         input=source.origin, shape=source.shape, dtype=str(source.dtype), model=getattr(net, "registry_name", None)
-        or type(net).__name__, weights=weights_digest(net), task=net.task, tile=layout.tile, margin=layout.margin,
+        or type(net).__name__, weights=weights_digest(net), task=net.task, tile=layout.tile, max_tile=layout.max_tile, margin=layout.margin,
         blend=layout.blend, block=block, chunk=chunk, probabilities=probabilities, region=region,
         mask=None if mask is None else _mask_digest(mask),
     )
@@ -248,7 +248,7 @@ class BlockJob:
     def result(self, path: str, seconds: float) -> PredictionResult:
         return PredictionResult(
             path=path, task=self.plan.net.task, pixels=self.pixels, seconds=seconds, tiles=self.tiles,
-            tile_pixels=self.layout.tile ** 2, blocks_done=self.written, blocks_skipped=self.plan.skipped,
+            tile_pixels=self.runner.tile_pixels, blocks_done=self.written, blocks_skipped=self.plan.skipped,
             blocks_total=self.total, cancelled=self.cancelled, layout=self.layout,
         )
 

@@ -85,6 +85,7 @@ class TileRunner:
         card = getattr(model, "card", None)
         norm = normalization or (card.normalization if card is not None else None)
         self.normalization = norm
+        self.tile_pixels = 0  # input pixels of every tile this runner has run (for the overlap factor k)
         self._norm_cache: dict[np.dtype, tuple[float, torch.Tensor, torch.Tensor]] = {}
         self._weight_cache: dict[tuple, torch.Tensor] = {}
 
@@ -133,6 +134,7 @@ class TileRunner:
     # ------------------------------------------------------------------ running
     def run_batch(self, tiles: np.ndarray) -> torch.Tensor:
         """Model outputs for (n, y, x, c) tiles, in sub-batches of ``self.batch`` that halve on out-of-memory."""
+        self.tile_pixels += tiles.shape[0] * tiles.shape[1] * tiles.shape[2]
         outputs = []
         i = 0
         while i < len(tiles):

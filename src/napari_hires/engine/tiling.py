@@ -24,43 +24,73 @@ FLOOR = 1e-6
 MIN_BLEND = 8
 
 
+#: How much longer than asked a tile may grow to cover a region with fewer tiles (models that tile exactly only).
+STRETCH = 1.25
+
+
 @dataclass(frozen=True)
 class TileLayout:
-    """Tile size, and how tiles overlap: ``overlap = 2 * margin + blend`` pixels between neighbours."""
+    """Tile size, and how tiles overlap: ``overlap = 2 * margin + blend`` pixels between neighbours.
+
+    ``max_tile`` > ``tile`` lets tiles grow (in steps of ``multiple``) where that covers a region with fewer tile
+    pixels: a 2048 px block takes 4 tiles of 576 instead of 5 of 512. Only for models whose output does not depend
+    on the tile (a halo covering the receptive field), so the result is the same, for less work.
+    """
 
     tile: int
     margin: int
     blend: int
+    max_tile: int = 0
+    multiple: int = 1
 
     @property
     def overlap(self) -> int:
         return 2 * self.margin + self.blend
 
+    def axis(self, start: int, stop: int) -> tuple[int, list[int]]:
+        """(tile length, tile origins) covering [start, stop) along one axis with the fewest tile pixels."""
+        best = (self.tile, tile_starts(start, stop, self.tile, self.overlap))
+        for t in range(self.tile + self.multiple, max(self.max_tile, self.tile) + 1, self.multiple):
+            if t > stop - start:
+                break
+            starts = tile_starts(start, stop, t, self.overlap)
+            if len(starts) * t < len(best[1]) * best[0]:
+                best = (t, starts)
+        return best
+
     @classmethod
     def for_model(cls, tile: int, halo: int, overlap: int | None = None, multiple: int = 1,
-                  receptive_field: int = 0) -> "TileLayout":
+                  receptive_field: int = 0, stretch: bool = False) -> "TileLayout":
         """Layout for a model with ``halo`` (its trusted context) and input ``multiple``; ``overlap`` overrides.
 
         The default overlap is ``2 * halo``, plus a cross-fade only where the model sees beyond its halo (attention):
         when the halo covers the receptive field, cropping is already exact and a cross-fade would only cost tiles.
         The cross-fade is at least a sixteenth of the tile: neighbouring tiles of an attention model disagree a
         little everywhere (they saw different context), and a wide fade hides that where a wide halo would not.
+        With ``stretch``, tiles of a model that tiles exactly may grow by up to a quarter to fit a region.
         """
         if tile < 1:
             raise ValueError(f"tile must be positive, got {tile}")
         tile = math.ceil(tile / multiple) * multiple
+        exact = receptive_field <= 2 * halo + 1
         if overlap is None:
-            sees_beyond_halo = receptive_field > 2 * halo + 1
-            overlap = 2 * halo + (max(MIN_BLEND, halo // 2, tile // 16) if sees_beyond_halo else 0)
+            overlap = 2 * halo + (0 if exact else max(MIN_BLEND, halo // 2, tile // 16))
         if not 0 <= overlap < tile:
             raise ValueError(f"overlap {overlap} must be at least 0 and smaller than the tile ({tile})")
         margin = min(halo, overlap // 2)  # the rest of the overlap is cross-faded
-        return cls(tile=tile, margin=margin, blend=overlap - 2 * margin)
+        grow = stretch and exact and overlap == 2 * halo
+        max_tile = math.ceil(tile * STRETCH / multiple) * multiple if grow else tile
+        return cls(tile=tile, margin=margin, blend=overlap - 2 * margin, max_tile=max_tile, multiple=multiple)
 
 
 def layout_for(net, tile: int | None = None, overlap: int | None = None) -> TileLayout:
-    """The layout a model asks for (its tile size, halo, input multiple and receptive field), with overrides."""
-    return TileLayout.for_model(tile or net.tile_size, net.halo, overlap, net.input_multiple, net.receptive_field)
+    """The layout a model asks for (its tile size, halo, input multiple and receptive field), with overrides.
+
+    Tiles may stretch (see :class:`TileLayout`) only for dense models tiled at their own tile size and overlap.
+    """
+    stretch = tile is None and overlap is None and net.task != "classification"
+    return TileLayout.for_model(tile or net.tile_size, net.halo, overlap, net.input_multiple, net.receptive_field,
+                                stretch=stretch)
 
 
 def block_side(chunk: int, layout: TileLayout, max_tiles: int = 8) -> int:
@@ -72,8 +102,8 @@ def block_side(chunk: int, layout: TileLayout, max_tiles: int = 8) -> int:
     best, best_cost = chunk, float("inf")
     lo = max(chunk, math.ceil(2 * layout.tile / chunk) * chunk)
     for side in range(lo, max(lo, max_tiles * layout.tile) + 1, chunk):
-        count = len(tile_starts(0, side + 2 * layout.margin, layout.tile, layout.overlap))
-        cost = count * layout.tile / side
+        length, starts = layout.axis(0, side + 2 * layout.margin)
+        cost = len(starts) * length / side
         if cost < best_cost - 1e-9:
             best, best_cost = side, cost
     return best
@@ -147,11 +177,11 @@ def tile_weights(shape: tuple[int, int], margin: int, blend: int, tapers: tuple[
 def tiles_for(region: Box, image: Box, layout: TileLayout) -> list[tuple[Box, tuple]]:
     """Tiles (in level coordinates) covering ``region``, each with the key of its weights (see :func:`tile_weights`)."""
     out = []
-    ys = tile_starts(region.y0, region.y1, layout.tile, layout.overlap)
-    xs = tile_starts(region.x0, region.x1, layout.tile, layout.overlap)
+    th, ys = layout.axis(region.y0, region.y1)
+    tw, xs = layout.axis(region.x0, region.x1)
     for y in ys:
         for x in xs:
-            box = Box(y, min(y + layout.tile, region.y1), x, min(x + layout.tile, region.x1))
+            box = Box(y, min(y + th, region.y1), x, min(x + tw, region.x1))
             tapers = (box.y0 > image.y0, box.y1 < image.y1, box.x0 > image.x0, box.x1 < image.x1)
             out.append((box, (box.shape, layout.margin, layout.blend, tapers)))
     return out
