@@ -32,8 +32,8 @@ CONFIGS = {
     "hct_tiny_seg": ("hct_tiny_seg", {}, "segmentation"),
     "maxvit_nano_seg (P=4)": ("maxvit_nano_seg", {"window_size": 4}, "segmentation"),
     "xt_nano_seg (4x4 regions)": ("xt_nano_seg", {"window_regions": 4}, "segmentation"),
-    "maxim_nano (1 stage, 8 features)": ("maxim_nano", {"features": 8, "num_stages": 1}, "restoration"),
-    "maxim_nano (self-supervised)": ("maxim_nano", {"features": 8, "num_stages": 1}, "blind-spot"),
+    "maxim_nano (1 stage of 8 features)": ("maxim_nano", {"features": 8, "num_stages": 1}, "restoration"),
+    "maxim_nano (blind-spot self-supervised)": ("maxim_nano", {"features": 8, "num_stages": 1}, "blind-spot"),
 }
 REGION = (20480, 21504, 12288, 13312)  # a 1024 x 1024 training region of the default slide
 
