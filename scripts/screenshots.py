@@ -69,6 +69,7 @@ def main(out: Path) -> None:
     wait_until(lambda: str(run.status.value).startswith(("done", "error")))
     if str(run.status.value).startswith("error"):
         raise SystemExit(f"run failed: {run.status.value}")
+    wait_until(lambda: run.estimate_worker is None and not str(run.estimate.value).startswith("measuring"))
     viewer.camera.center, viewer.camera.zoom = focus, 0.45
     save(viewer, out / "run_model.png")
 

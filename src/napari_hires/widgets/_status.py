@@ -25,14 +25,27 @@ def message_rows(*rows: Any) -> Any:
     magicgui lays each labelled widget out on its own row, so long messages squeeze to a sliver or clip; here the
     captions share one column and the messages wrap within the rest.
     """
+    from qtpy.QtCore import QEvent, QObject
     from qtpy.QtWidgets import QFormLayout, QLabel, QSizePolicy, QWidget
+
+    class FitHeight(QObject):
+        """Keep a wrapping label as tall as its text at its width (napari's dock scroll area ignores that)."""
+
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.Resize:
+                obj.setMinimumHeight(obj.heightForWidth(obj.width()))
+            return False
 
     box = QWidget()
     form = QFormLayout(box)
     form.setContentsMargins(0, 0, 0, 0)
     form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    box._fit = FitHeight(box)  # kept alive with the box
     for label in rows:
-        label.native.setWordWrap(True)
-        label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        form.addRow(QLabel(label.label), label.native)
+        native = label.native
+        native.setWordWrap(True)
+        native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
+        native.installEventFilter(box._fit)
+        label.changed.connect(lambda _v, n=native: n.setMinimumHeight(n.heightForWidth(n.width())))
+        form.addRow(QLabel(label.label), native)
     return box
