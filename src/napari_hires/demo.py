@@ -73,4 +73,7 @@ def run_demo(screenshot: str | Path | None = None, size: tuple[int, int] | None 
         out = save_screenshot(viewer, screenshot)
         print(f"screenshot written to {out}")
     finally:
+        from napari.qt.threading import WorkerBase
+
+        WorkerBase.await_workers(msecs=120_000)  # a docked widget may still be timing the model for its estimate
         viewer.close()

@@ -28,12 +28,16 @@ def message_rows(*rows: Any) -> Any:
     from qtpy.QtCore import QEvent, QObject
     from qtpy.QtWidgets import QFormLayout, QLabel, QSizePolicy, QWidget
 
-    class FitHeight(QObject):
+    def fit(label: Any) -> None:
         """Keep a wrapping label as tall as its text at its width (napari's dock scroll area ignores that)."""
+        height = label.heightForWidth(label.width())
+        if height > 0:
+            label.setMinimumHeight(height)
 
+    class FitHeight(QObject):
         def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
             if event.type() == QEvent.Type.Resize:
-                obj.setMinimumHeight(obj.heightForWidth(obj.width()))
+                fit(obj)
             return False
 
     box = QWidget()
@@ -46,6 +50,6 @@ def message_rows(*rows: Any) -> Any:
         native.setWordWrap(True)
         native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
         native.installEventFilter(box._fit)
-        label.changed.connect(lambda _v, n=native: n.setMinimumHeight(n.heightForWidth(n.width())))
+        label.changed.connect(lambda _v, n=native: fit(n))
         form.addRow(QLabel(label.label), native)
     return box
