@@ -5,6 +5,7 @@ Qt-free: these take napari layer and viewer objects but never touch Qt, so they 
 
 from __future__ import annotations
 
+import importlib
 import math
 import threading
 from dataclasses import replace
@@ -32,10 +33,8 @@ def warm_layer_imports() -> None:
         _warmed = True
 
     def run() -> None:
-        import pandas  # noqa: F401
-        import skimage.color  # noqa: F401
-        import skimage.exposure  # noqa: F401
-        import skimage.util  # noqa: F401
+        for name in ("pandas", "skimage.color", "skimage.exposure", "skimage.util"):
+            importlib.import_module(name)
 
     threading.Thread(target=run, name="hires-warm-imports", daemon=True).start()
 
