@@ -77,7 +77,7 @@ def run_geometry(
     bounds = Box(0, h, 0, w)
     target = bounds if region is None else Box(*region).intersect(bounds)
     if target is None:
-        return RunGeometry(layout, block, 0, 0, 0, block * block, 0)
+        return RunGeometry(layout, block, 0, 0, 0, block * block)
     if model.task == "classification":
         return _heatmap_geometry(shape, target, layout, block)
     rows = _dense_spans(target.y0, target.y1, h, block, layout, axis=0)
@@ -195,7 +195,7 @@ def estimate_run(
     host = (INPUT_BLOCKS_IN_FLIGHT * geometry.context_pixels * model.in_channels * itemsize
             + OUTPUT_BLOCKS_IN_FLIGHT * geometry.output_pixels * out_itemsize
             * (out_channels if model.task != "segmentation" else 1))
-    tile_px = max(geometry.layout.max_tile, geometry.layout.tile) ** 2
+    tile_px = geometry.layout.max_tile ** 2
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     accumulators = 0 if model.task == "classification" else (out_channels + 1) * geometry.context_pixels * 4
     dev = weights + batch * (tile_px * (model.in_channels + 2 * out_channels) * 4 + activations) + accumulators

@@ -31,7 +31,7 @@ class HaloMeasurement:
     tolerance: float  # allowed error above the floor (probability, or pixel value for restoration)
     tile: int
     profile: list[float]  # mean error at each distance 0 .. tile // 2 - 1 from the nearest tile edge
-    label_agreement: float | None  # segmentation: fraction of labels equal to whole-image labels beyond the halo
+    label_agreement: float | None  # segmentation: fraction of labels equal to the reference's beyond the halo
 
     def as_card_entry(self) -> dict:
         """The facts stored in a model card (the profile's first 64 px, rounded, so that cards stay readable)."""
@@ -91,17 +91,18 @@ def measure_halo(model: HiresModel, images: Sequence[np.ndarray], *, tile: int |
             deeper = dist > view
             view[deeper] = dist[deeper]
             owner[y:y + tile, x:x + tile][deeper] = i
-            ref[:, y:y + tile, x:x + tile][:, torch.from_numpy(deeper)] = out[:, torch.from_numpy(deeper)]
+            mask = torch.from_numpy(deeper)
+            ref[:, y:y + tile, x:x + tile][:, mask] = out[:, mask]
         inner = np.zeros((2 * tile, 2 * tile), dtype=bool)
         inner[half:half + tile, half:half + tile] = True  # pixels that have a tile centred on them
         for i, ((y, x), out) in enumerate(outputs.items()):
             keep = inner[y:y + tile, x:x + tile] & (owner[y:y + tile, x:x + tile] != i)  # not against itself
-            d = dist[keep]
-            err = _errors(out, ref[:, y:y + tile, x:x + tile], model.task)[keep]
+            d, here = dist[keep], ref[:, y:y + tile, x:x + tile]
+            err = _errors(out, here, model.task)[keep]
             sums += np.bincount(d, weights=err, minlength=half)[:half]
             counts += np.bincount(d, minlength=half)[:half]
             if model.task == "segmentation":
-                same = (out.argmax(0) == ref[:, y:y + tile, x:x + tile].argmax(0)).numpy()[keep]
+                same = (out.argmax(0) == here.argmax(0)).numpy()[keep]
                 same_label += np.bincount(d, weights=same, minlength=half)[:half]
     profile = sums / np.maximum(counts, 1)
     floor = float(np.median(profile[tile // 16:3 * tile // 8]))  # depths every pixel is compared at

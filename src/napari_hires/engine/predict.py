@@ -124,8 +124,8 @@ def plan_prediction(
     out_shape = (math.ceil(source.shape[0] / stride), math.ceil(source.shape[1] / stride)) if classify else source.shape
     run = run_record(
         input=source.origin, shape=source.shape, dtype=str(source.dtype), model=getattr(net, "registry_name", None)
-        or type(net).__name__, weights=weights_digest(net), task=net.task, tile=layout.tile, max_tile=layout.max_tile, margin=layout.margin,
-        blend=layout.blend, block=block, chunk=chunk, probabilities=probabilities, region=region,
+        or type(net).__name__, weights=weights_digest(net), task=net.task, tile=layout.tile, max_tile=layout.max_tile,
+        margin=layout.margin, blend=layout.blend, block=block, chunk=chunk, probabilities=probabilities, region=region,
         mask=None if mask is None else _mask_digest(mask),
     )
     spec = create_output(

@@ -40,8 +40,11 @@ class TileLayout:
     tile: int
     margin: int
     blend: int
-    max_tile: int = 0
+    max_tile: int = 0  # 0 or anything below ``tile``: tiles keep their size
     multiple: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_tile", max(self.max_tile, self.tile))
 
     @property
     def overlap(self) -> int:
@@ -50,7 +53,7 @@ class TileLayout:
     def axis(self, start: int, stop: int) -> tuple[int, list[int]]:
         """(tile length, tile origins) covering [start, stop) along one axis with the fewest tile pixels."""
         best = (self.tile, tile_starts(start, stop, self.tile, self.overlap))
-        for t in range(self.tile + self.multiple, max(self.max_tile, self.tile) + 1, self.multiple):
+        for t in range(self.tile + self.multiple, self.max_tile + 1, self.multiple):
             if t > stop - start:
                 break
             starts = tile_starts(start, stop, t, self.overlap)
