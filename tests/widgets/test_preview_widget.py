@@ -8,36 +8,17 @@ import threading
 import dask.array as da
 import numpy as np
 import pytest
-import torch
 
 from napari_hires.engine import TileRunner, predict_rectangle
 from napari_hires.engine.source import as_source
 from napari_hires.io.synthetic import synthetic_slide
 from napari_hires.models import registry
-from napari_hires.models.base import HiresModel
 from napari_hires.models.files import save_model
 from napari_hires.widgets.preview import DEBOUNCE_MS, MODEL_FILE, PREVIEW_LAYER, RestorationPreviewWidget
+from tiny_restorer import TinyRestorer
 
 MODEL = "tiny_restoration_for_preview_tests"
 WAIT_MS = 20_000  # generous: the machine is shared
-
-
-class TinyRestorer(HiresModel):
-    """Two 3x3 convolutions added to the input: a receptive radius of 2 px, so a halo of 4 makes tiling exact."""
-
-    task = "restoration"
-    in_channels = out_channels = 3
-    halo = 4
-    tile_size = 128
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                       torch.nn.Conv2d(8, 3, 3, padding=1))
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 0.5 * self.net(x)
 
 
 class Gate:

@@ -19,10 +19,10 @@ from napari_hires.engine import predict
 from napari_hires.engine.estimate import run_geometry
 from napari_hires.io.synthetic import synthetic_slide
 from napari_hires.models import create_model, registry, save_model
-from napari_hires.models.base import HiresModel
 from napari_hires.models.files import card_for
 from napari_hires.widgets import _layers
 from napari_hires.widgets.run_model import MODEL_FILE, SCOPES, RunModelWidget
+from tiny_restorer import TinyRestorer
 
 WAIT_MS = 60_000  # generous: the machine is shared
 SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
@@ -283,23 +283,6 @@ def test_scopes_in_pixels(make_napari_viewer, qtbot, model_file, slide, tmp_path
 
 
 RESTORER = "tiny_restorer_for_run_model_tests"
-
-
-class TinyRestorer(HiresModel):
-    """Two 3x3 convolutions added to the input: a restoration model fast enough for a CPU test."""
-
-    task = "restoration"
-    in_channels = out_channels = 3
-    halo = 4
-    tile_size = 128
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                       torch.nn.Conv2d(8, 3, 3, padding=1))
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 0.5 * self.net(x)
 
 
 @pytest.fixture
