@@ -13,7 +13,7 @@ from conftest import ConvNet
 from napari_hires.engine import Box, CancelToken, TileLayout, TileRunner, plan_prediction, predict
 from napari_hires.engine.tiling import layout_for
 from napari_hires.errors import HiresError, ImageReadError, OutputExistsError
-from napari_hires.io.downsample import downsample_mode
+from napari_hires.io.downsample import downsample_mean, downsample_mode
 from napari_hires.io.readers import open_image
 from napari_hires.models import create_model
 from napari_hires.models.files import card_for
@@ -76,6 +76,25 @@ def test_store_holds_argmax_labels_probabilities_and_a_pyramid(conv_model, rgb_i
     assert len(labels.levels) >= 2
     assert result.blocks_done == result.blocks_total == math.ceil(300 / 128) * math.ceil(517 / 128)
     assert result.pixels == 300 * 517 and result.overlap_factor > 1
+
+
+@pytest.mark.parametrize("chunk", [32, 64])  # blocks of 128 write levels 1-2 themselves, or level 1 only
+@pytest.mark.parametrize("task", ["segmentation", "restoration"])
+def test_every_level_equals_the_level_above_reduced(rgb_image, tmp_path, task, chunk):
+    """Levels written by each block from memory and those derived at the end form one pyramid, odd edges included."""
+    torch.manual_seed(3)
+    model = ConvNet(task=task, out_channels=4 if task == "segmentation" else 3).eval()
+    predict(rgb_image, model, tmp_path / "p.zarr", tile=100, chunk=chunk, block=128, device="cpu",
+            probabilities=task == "segmentation")
+    stores = [("p.zarr", downsample_mode, "yx" if task == "segmentation" else "cyx")]
+    if task == "segmentation":
+        stores.append(("p.zarr/probabilities", downsample_mean, "cyx"))
+    for path, kernel, axes in stores:
+        root = zarr.open_group(tmp_path / path, mode="r")
+        levels = sorted(root.array_keys(), key=int)
+        assert len(levels) == 3
+        for above, level in zip(levels, levels[1:]):
+            np.testing.assert_array_equal(root[level][:], kernel(root[above][:], 2, axes))
 
 
 def test_restoration_keeps_dtype_and_rgb(rgb_image, tmp_path):

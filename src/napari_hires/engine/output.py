@@ -7,6 +7,8 @@ Layout of ``OUT.zarr``:
 - classification: the root is a float16 heatmap, one channel per class, one pixel per tile stride.
 ``OUT.zarr/napari_hires_journal/blocks`` has one byte per output block, set once the block is written: a rerun of
 the same job skips those blocks; the store is marked complete only when every block and every level is written.
+Each block also writes the coarser levels that lie under it alone, from memory (no re-reading of level 0, and done
+while the model runs); only the few coarsest levels are derived when the run finishes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import numpy as np
 import zarr
 
 from napari_hires.engine.tiling import Box
+from napari_hires.io.downsample import downsample_mean, downsample_mode
 from napari_hires.io.ome_zarr_writer import OmeZarrWriter
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.pyramid_update import update_levels
@@ -58,6 +62,8 @@ class OutputSpec:
     journal: zarr.Array
     block: int  # output block side in pixels (a multiple of the chunk)
     shape: tuple[int, int]  # output level-0 (y, x)
+    own_levels: int = 0  # coarser levels each block writes itself: those whose chunks lie under one block alone
+    _shared: threading.Lock = field(default_factory=threading.Lock, repr=False)  # coarser chunks span blocks
 
     @property
     def resumed(self) -> bool:
@@ -78,19 +84,51 @@ class OutputSpec:
     def mark_done(self, index: tuple[int, int]) -> None:
         self.journal[index] = 1
 
+    def write_block(self, box: Box, arrays: list[np.ndarray]) -> None:
+        """Store one block's level-0 arrays (one per writer, in its NGFF axis order) and the coarser levels it owns.
+
+        Safe from any thread or process: every chunk written here lies under this block alone.
+        """
+        for writer, data in zip(self.writers, arrays):
+            plan, levels = writer.plans[0], writer.arrays[""]
+            kernel = downsample_mode if plan.pyramid.kind == "labels" else downsample_mean
+            iy, ix = plan.axes.index("y"), plan.axes.index("x")
+            y0, x0 = box.y0, box.x0
+            for k in range(self.own_levels + 1):
+                if k:
+                    data, y0, x0 = kernel(data, 2, plan.axes), y0 // 2, x0 // 2
+                levels[k][_yx_selection(plan.axes, Box(y0, y0 + data.shape[iy], x0, x0 + data.shape[ix]))] = data
+
     def update_levels(self, box: Box) -> None:
-        """Recompute the coarser levels of every output over a written level-0 block."""
+        """Recompute the levels coarser than the blocks' own over a written block (a live view of a running job)."""
+        k, f = self.own_levels, 2 ** self.own_levels
         for writer in self.writers:
             plan = writer.plans[0]
-            update_levels(writer.arrays[""], box.y0, box.y1, box.x0, box.x1, axes=plan.axes,
-                          labels=plan.pyramid.kind == "labels")
+            with self._shared:
+                update_levels(writer.arrays[""][k:], box.y0 // f, math.ceil(box.y1 / f), box.x0 // f,
+                              math.ceil(box.x1 / f), axes=plan.axes, labels=plan.pyramid.kind == "labels")
 
     def finish(self) -> None:
-        """Derive every coarser level from level 0 and write the NGFF metadata (the store is complete after this)."""
+        """Derive the remaining coarser levels and write the NGFF metadata (the store is complete after this)."""
         for writer in self.writers:
-            writer.write(skip_level0=True)
+            writer.write(first=self.own_levels + 1)
         for writer in reversed(self.writers):  # the root last: its metadata says the whole store is complete
             writer.finish()
+
+
+def _yx_selection(axes: str, box: Box) -> tuple[slice, ...]:
+    """``box`` in y and x, everything along other axes, in ``axes`` order."""
+    return tuple(slice(box.y0, box.y1) if a == "y" else slice(box.x0, box.x1) if a == "x" else slice(None)
+                 for a in axes)
+
+
+def _own_levels(block: int, chunk: int, n_levels: int) -> int:
+    """Coarser levels whose chunks lie under one block alone (blocks start at multiples of ``block``): a block
+    writes those itself, with no other block (thread or dask worker) touching the same chunk."""
+    k = 0
+    while k + 1 < n_levels and block % 2 ** (k + 1) == 0 and (block >> (k + 1)) % chunk == 0:
+        k += 1
+    return k
 
 
 def create_output(
@@ -142,7 +180,8 @@ def create_output(
     else:
         journal = root.require_group("napari_hires_journal").create_array(
             "blocks", shape=(rows, cols), chunks=(1, 1), dtype=np.uint8, fill_value=0, overwrite=True)
-    return OutputSpec(writers=writers, journal=journal, block=block, shape=shape)
+    own = _own_levels(block, chunk, min(len(w.plans[0].shapes) for w in writers))
+    return OutputSpec(writers=writers, journal=journal, block=block, shape=shape, own_levels=own)
 
 
 def run_record(**facts: Any) -> dict[str, Any]:

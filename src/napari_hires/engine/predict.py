@@ -235,7 +235,6 @@ class BlockJob:
         self.cancelled = False
         self.live_pyramid = live_pyramid
         self._lock = threading.Lock()
-        self._pyramid_lock = threading.Lock()  # coarse chunks are shared by neighbouring blocks
 
     def predict_block(self, index: tuple[int, int], box: Box, want: Box) -> None:
         """Read, predict and write one block, then record it in the journal (no threads of its own)."""
@@ -311,39 +310,29 @@ class BlockJob:
     def _read(self, context: Box) -> np.ndarray:
         return read_padded(self.source, context, self.adapt)
 
-    def _compute(self, box: Box, want: Box, pixels: np.ndarray, context: Box) -> dict[str, np.ndarray]:
-        """The block's arrays as stored, padded to the whole block where the scope cut it."""
+    def _compute(self, box: Box, want: Box, pixels: np.ndarray, context: Box) -> list[np.ndarray]:
+        """The block's arrays as stored (one per output image, NGFF axis order), padded to the whole block where
+        the scope cut it."""
         if self.classify:
             heat, n = classify_pixels(self.runner, pixels, box.shape, self.layout, self.cancel)
             self.tiles += n
-            return {"image": heat}
+            return [heat]
         out, n = self.runner.predict_region(pixels, context, self.source.bounds, self.layout, self.cancel)
         self.tiles += n
         out = out[:, want.y0 - context.y0:want.y1 - context.y0, want.x0 - context.x0:want.x1 - context.x0]
         pad = ((want.y0 - box.y0, box.y1 - want.y1), (want.x0 - box.x0, box.x1 - want.x1))
         values = dense_output(out, self.runner.task, self.source.dtype)
-        result = {"labels" if self.runner.task == "segmentation" else "image":
-                  np.pad(values, pad + ((0, 0),) * (values.ndim - 2))}
+        if values.ndim == 3:  # (y, x, c) pixels into NGFF (c, y, x)
+            values = np.moveaxis(values, -1, 0)
+        arrays = [np.pad(values, ((0, 0),) * (values.ndim - 2) + pad)]
         if self.runner.task == "segmentation" and len(self.spec.writers) > 1:
-            result["probabilities"] = np.pad(out.half().cpu().numpy(), ((0, 0),) + pad)
-        return result
+            arrays.append(np.pad(out.half().cpu().numpy(), ((0, 0),) + pad))
+        return arrays
 
-    def _write(self, index: tuple[int, int], box: Box, outputs: dict[str, np.ndarray]) -> None:
-        ys, xs = slice(box.y0, box.y1), slice(box.x0, box.x1)
-        root = self.spec.writers[0].arrays[""][0]
-        if "labels" in outputs:
-            root[ys, xs] = outputs["labels"]
-            if "probabilities" in outputs:
-                self.spec.writers[1].arrays[""][0][:, ys, xs] = outputs["probabilities"]
-        elif self.classify:
-            root[:, ys, xs] = outputs["image"]
-        elif root.ndim == 3:  # (y, x, c) pixels into the store's NGFF (c, y, x)
-            root[:, ys, xs] = np.moveaxis(outputs["image"], -1, 0)
-        else:
-            root[ys, xs] = outputs["image"]
+    def _write(self, index: tuple[int, int], box: Box, arrays: list[np.ndarray]) -> None:
+        self.spec.write_block(box, arrays)
         if self.live_pyramid:
-            with self._pyramid_lock:
-                self.spec.update_levels(box)
+            self.spec.update_levels(box)
         self.spec.mark_done(index)
         with self._lock:
             self.written += 1

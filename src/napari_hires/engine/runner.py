@@ -111,15 +111,15 @@ class TileRunner:
         x = torch.from_numpy(np.ascontiguousarray(tiles))
         if self.device.type == "cuda":
             x = x.pin_memory()
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        x = x.mul_(scale / std).sub_(mean / std)  # (x * scale - mean) / std in two in-place passes
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        x = torch.addcmul(-mean / std, x, scale / std)  # (x * scale - mean) / std: one pass, keeps channels-last
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def from_output(self, out: torch.Tensor, dtype: np.dtype, channels: int) -> torch.Tensor:
         """Model output -> what is blended: probabilities (segmentation, classification) or pixel values."""
-        out = out.float()
+        out = out.float().contiguous()  # channel planes: softmax and blending read them in order
         if self.task == "restoration":
             scale, mean, std = self._norm(np.dtype(dtype), channels)
             return (out * std + mean) / scale
@@ -155,7 +155,7 @@ class TileRunner:
                 self.batch //= 2
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-        return torch.cat(outputs)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def predict_region(
         self, region: np.ndarray, box: Box, image: Box, layout: TileLayout, cancel: CancelToken | None = None

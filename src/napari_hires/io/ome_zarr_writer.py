@@ -74,9 +74,9 @@ class _Plan:
             ))
         return out
 
-    def n_blocks(self, skip_level0: bool = False) -> int:
+    def n_blocks(self, first: int = 0) -> int:
         return sum(math.prod(math.ceil(n / b) for n, b in zip(shape, block))
-                   for shape, block in list(zip(self.shapes, self.blocks))[int(skip_level0):])
+                   for shape, block in list(zip(self.shapes, self.blocks))[first:])
 
 
 # ---------------------------------------------------------------------------------------------------- public
@@ -149,14 +149,14 @@ class OmeZarrWriter:
             self.root = zarr.open_group(str(self.out), mode="w-", zarr_format=3, attributes={MARKER: state})
             self.arrays = {plan.path: _create_arrays(self.root, plan) for plan in self.plans}
 
-    def write(self, progress: Progress = False, *, skip_level0: bool = False) -> None:
-        """Fill every level from its source (level 0 too, unless the caller has written it itself)."""
-        total = sum(p.n_blocks(skip_level0) for p in self.plans)
+    def write(self, progress: Progress = False, *, first: int = 0) -> None:
+        """Fill every level from ``first`` on from its source (the caller has written the levels before it)."""
+        total = sum(p.n_blocks(first) for p in self.plans)
         tick, close = _progress(progress, total, self.out.name)
         try:
             with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ome-zarr-writer") as pool:
                 for plan in self.plans:
-                    _write_levels(plan, self.arrays[plan.path], pool, tick, first=1 if skip_level0 else 0)
+                    _write_levels(plan, self.arrays[plan.path], pool, tick, first=first)
         finally:
             close()
 
