@@ -56,8 +56,8 @@ CACHE = Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "napari_hires_
 MODELS = ["unet_1m", "hct_tiny_seg_synthetic", "maxvit_nano_seg_synthetic", "xt_nano_seg_synthetic",
           "maxim_nano_denoise_synthetic"]
 #: Image side per model for a default run of about 10-15 minutes on a 2-core CPU (--size overrides).
-DEFAULT_SIDE = {"unet_1m": 2048, "hct_tiny_seg_synthetic": 4096, "maxvit_nano_seg_synthetic": 2048,
-                "xt_nano_seg_synthetic": 3072, "maxim_nano_denoise_synthetic": 1024}
+DEFAULT_SIDE = {"unet_1m": 2048, "hct_tiny_seg_synthetic": 4096, "maxvit_nano_seg_synthetic": 4096,
+                "xt_nano_seg_synthetic": 4096, "maxim_nano_denoise_synthetic": 2048}
 GIGA = 2**30
 
 

@@ -154,6 +154,49 @@ def test_newer_request_cancels_an_older_long_one(slide):
     assert calls[0] < 10  # the old request stopped after its first batch instead of running its 35 tiles
 
 
+def test_partial_results_fill_the_view_from_its_centre(slide):
+    """With a partial callback, cells land centre first; cells to come show the input; the final result is the
+    same as a request without partials."""
+    box = (0, 192, 0, 320)  # 3 x 5 cells of 64 px: the centre cell is (64..128, 128..192)
+    partials = []
+    with PreviewService(TileRunner(TinyConv("restoration"), device="cpu"), slide, LAYOUT, cell=64,
+                        partial_every=0.0) as service:
+        final = service.request(0, box, partial=partials.append).result(timeout=20)
+    with PreviewService(TileRunner(TinyConv("restoration"), device="cpu"), slide, LAYOUT, cell=64) as service:
+        whole = service.request(0, box).result(timeout=20)
+    assert [p.missing for p in partials] == list(range(14, 0, -1)) and final.missing == 0
+    assert all(p.cells == 15 for p in partials) and final.cells == 15
+    first = partials[0].data
+    image = slide.levels[0][:192, :320].compute()
+    centre = (slice(64, 128), slice(128, 192))
+    np.testing.assert_array_equal(first[centre], final.data[centre])
+    assert not np.array_equal(first[centre], image[centre])  # the model's output, not the input
+    elsewhere = np.ones((192, 320), dtype=bool)
+    elsewhere[centre] = False
+    np.testing.assert_array_equal(first[elsewhere], image[elsewhere])  # cells still to come show the input
+    second = partials[1].data  # the next cell is one of the centre's four edge neighbours
+    changed = [(r, c) for r in range(3) for c in range(5)
+               if not np.array_equal(second[64 * r:64 * (r + 1), 64 * c:64 * (c + 1)],
+                                     image[64 * r:64 * (r + 1), 64 * c:64 * (c + 1)])]
+    assert len(changed) == 2 and (1, 2) in changed and set(changed) - {(1, 2)} <= {(0, 2), (2, 2), (1, 1), (1, 3)}
+    assert_same("restoration", final.data, whole.data)
+
+
+def test_cells_of_one_tile_stride_cost_no_more_tiles_one_by_one(slide):
+    """Default cells are one tile stride, so previewing cell by cell (for partial results) runs no more tiles
+    than merging the cells into rectangles."""
+    box = (0, 192, 0, 320)
+    counts = []
+    for partial in (None, lambda _: None):
+        model = TinyConv("restoration")
+        calls = count_calls(model)
+        with PreviewService(TileRunner(model, device="cpu", batch=1), slide, LAYOUT) as service:
+            assert service.cell == LAYOUT.tile - LAYOUT.overlap
+            service.request(0, box, partial=partial).result(timeout=20)
+        counts.append(calls[0])
+    assert counts[1] <= counts[0]
+
+
 def test_cached_cells_avoid_model_calls(slide):
     model = TinyConv("restoration")
     calls = count_calls(model)

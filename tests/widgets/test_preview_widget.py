@@ -8,6 +8,7 @@ import threading
 import dask.array as da
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_hires.engine import TileRunner, predict_rectangle
 from napari_hires.engine.source import as_source
@@ -190,6 +191,33 @@ def test_quick_moves_make_one_request_and_a_newer_request_cancels_a_running_one(
     gate.release.set()
     wait_for_box(qtbot, widget, widget.requests)
     assert widget.future is not stale
+    check_shows_model_output(viewer, image, widget, slide)
+
+
+def test_first_cells_show_while_the_rest_are_computed(setup, qtbot, slide, gate):
+    viewer, image, widget = setup
+    look_at(viewer, (250, 150), 2.0)
+    widget.live.value = True
+    wait_for_box(qtbot, widget, 1)
+    held: list[bool] = []
+
+    def hold_once(*_: object) -> None:  # on the service's thread, as it hands over its first partial result
+        if not held:
+            held.append(True)
+            gate.hold()
+
+    widget._relay.partial.connect(hold_once, Qt.ConnectionType.DirectConnection)
+    look_at(viewer, (450, 350), 2.0)  # a place not cached yet: several cells
+    qtbot.waitUntil(lambda: bool(held) and gate.entered.is_set(), timeout=WAIT_MS)  # the next cell waits
+    qtbot.waitUntil(lambda: widget.first_ms is not None, timeout=WAIT_MS)
+    shown = widget.result
+    assert 0 < shown.missing < shown.cells and f"of {shown.cells} cells" in widget.status.value
+    np.testing.assert_array_equal(viewer.layers[PREVIEW_LAYER].data, shown.data)
+    assert widget.first_ms >= DEBOUNCE_MS
+    gate.release.set()
+    wait_for_box(qtbot, widget, widget.requests)
+    assert widget.result.missing == 0 and widget.first_ms < widget.latency_ms
+    assert "first cells" in widget.status.value
     check_shows_model_output(viewer, image, widget, slide)
 
 

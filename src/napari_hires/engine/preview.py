@@ -4,12 +4,16 @@ A widget asks for the region in view whenever the camera stops. :class:`PreviewS
 runs one request at a time on its own thread, cancels every older request (queued or running, between tile
 batches), and caches results per fixed, level-aligned cell, so that panning back or overlapping viewports reuse
 what was computed. Each cell is predicted with its full context, exactly as :func:`predict` would predict it.
+Cells default to one tile stride (the tile less its overlap), so that each cell is one tile with its context. A
+request may ask for partial results: cells are then computed from the centre of the view outwards and the view is
+handed over as they land (cells still to come show the input), so a slow model shows something within a tile's time.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
@@ -99,7 +103,12 @@ class PreviewResult:
     data: np.ndarray  # as predict_rectangle returns it
     scale: tuple[float, float]  # world (y, x) size of one pixel of ``data``
     translate: tuple[float, float]  # world (y, x) of data[0, 0] (data[:, 0, 0] for heatmaps), as predict places it
+    missing: int = 0  # cells not computed yet (a partial result shows the input there, or zeros); 0 when final
+    cells: int = 0  # cells the box meets
 
+
+#: Called on the service's thread with a partial result of a request, as its cells land.
+Partial = Callable[[PreviewResult], None]
 
 @dataclass
 class _Request:
@@ -107,6 +116,7 @@ class _Request:
     box: Box
     future: Future
     token: CancelToken
+    partial: Partial | None = None
 
 
 class PreviewService:
@@ -118,17 +128,24 @@ class PreviewService:
         pyramid: Pyramid,
         layout: TileLayout | None = None,
         *,
-        cell: int = 256,
+        cell: int | None = None,
         cache_bytes: int = 256 * 2**20,
+        partial_every: float = 0.1,
     ) -> None:
+        """``cell``: side of the cached cells in level pixels (default: one tile stride); ``partial_every``: the
+        shortest time in seconds between two partial results of one request (a fast device would otherwise flood
+        the viewer with them)."""
         net = runner.model
         self.runner, self.pyramid = runner, pyramid
         self.layout = layout or layout_for(net)
         self.step = output_step(runner.task, self.layout)
+        if cell is None:
+            cell = self.layout.tile - self.layout.overlap
         if cell < 1:
             raise HiresError(f"cell must be a positive number of pixels, got {cell}")
         self.cell = math.ceil(cell / self.step) * self.step  # heatmap cells hold whole output pixels
         self.cache_bytes = cache_bytes
+        self.partial_every = partial_every
         self._cache: OrderedDict[tuple[int, Box], np.ndarray] = OrderedDict()
         self._cached = 0
         self._sources: dict[int, ImageSource] = {}
@@ -147,10 +164,14 @@ class PreviewService:
         """(cells, bytes) held in the cache."""
         return len(self._cache), self._cached
 
-    def request(self, level: int, box: Box | tuple[int, int, int, int]) -> "Future[PreviewResult]":
+    def request(self, level: int, box: Box | tuple[int, int, int, int],
+                partial: Partial | None = None) -> "Future[PreviewResult]":
         """Preview ``box`` (y0, y1, x0, x1 in pixels of ``level``, clipped to it); every older request is cancelled.
 
-        A cancelled request's Future ends cancelled. A box whose cells are all cached resolves at once.
+        A cancelled request's Future ends cancelled. A box whose cells are all cached resolves at once. With
+        ``partial``, cells are computed centre first and ``partial`` gets the view as they land (from this
+        service's thread: after the first cell, then at most every ``partial_every`` seconds); the Future still
+        holds the final result.
         """
         with self._lock:
             if self._closed:
@@ -164,7 +185,7 @@ class PreviewService:
                 if old is not None:
                     old.future.cancel()
             self._pending = None
-            req = _Request(level, clipped, Future(), CancelToken())
+            req = _Request(level, clipped, Future(), CancelToken(), partial)
             req.future.add_done_callback(lambda f, token=req.token: token.cancel() if f.cancelled() else None)
             have = self._lookup(level, self._cells(clipped, source.bounds))
             if all(data is not None for data in have.values()):
@@ -216,12 +237,23 @@ class PreviewService:
                     self._running = None
 
     def _compute(self, req: _Request) -> PreviewResult:
-        """Predict the request's missing cells (merged into rectangles), cache them, and assemble the viewport."""
+        """Predict the request's missing cells, merged into few rectangles, cache them, and assemble the viewport.
+
+        With a ``partial`` callback the cells go one by one from the centre of the view outwards and the view is
+        handed over as they land: something to see within one tile's time.
+        """
         source = self._source(req.level)
         with self._lock:
             have = self._lookup(req.level, self._cells(req.box, source.bounds))
         heatmap = self.step > 1
-        for rect in _rectangles([c for c, data in have.items() if data is None]):
+        missing = [c for c, data in have.items() if data is None]
+        if req.partial is None:
+            units = _rectangles(missing)
+        else:  # cell by cell from the centre out: with cells of one tile stride this costs no more tiles
+            cy, cx = req.box.y0 + req.box.y1, req.box.x0 + req.box.x1
+            units = sorted(missing, key=lambda c: (c.y0 + c.y1 - cy) ** 2 + (c.x0 + c.x1 - cx) ** 2)
+        shown: float | None = None  # when the last partial result was handed over (the first goes at once)
+        for i, rect in enumerate(units):
             req.token.check()
             data = predict_rectangle(self.runner, source, rect, self.layout, req.token)
             outer = _out_box(rect, self.step)
@@ -230,6 +262,11 @@ class PreviewService:
                     have[c] = np.ascontiguousarray(_crop(data, outer, _out_box(c, self.step), heatmap))
                     with self._lock:
                         self._store((req.level, c), have[c])
+            if req.partial is not None and i + 1 < len(units) and (
+                    shown is None or time.perf_counter() - shown >= self.partial_every):
+                req.token.check()
+                req.partial(self._assemble(req, have))
+                shown = time.perf_counter()
         return self._assemble(req, have)
 
     # ------------------------------------------------------------------ cells and cache
@@ -266,27 +303,41 @@ class PreviewService:
             self._cached -= self._cache.popitem(last=False)[1].nbytes
 
     def _assemble(self, req: _Request, have: dict[Box, np.ndarray | None]) -> PreviewResult:
-        """The cells' data stitched and cropped to the requested box, with its world placement."""
+        """The cells' data stitched and cropped to the requested box, with its world placement; cells not computed
+        yet show the input (restoration) or zeros."""
         heatmap = self.step > 1
         cells = list(have)
         union = Box(cells[0].y0, cells[-1].y1, cells[0].x0, cells[-1].x1)
         outer, inner = _out_box(union, self.step), _out_box(req.box, self.step)
-        first = next(iter(have.values()))
-        assert first is not None
+        first = next(data for data in have.values() if data is not None)
         lead, tail = (first.shape[:1], ()) if heatmap else ((), first.shape[2:])
-        canvas = np.empty(lead + outer.shape + tail, first.dtype)
+        canvas = np.zeros(lead + outer.shape + tail, first.dtype)
+        source = self._source(req.level)
         for c, data in have.items():
-            assert data is not None
             o = _out_box(c, self.step)
             where = (slice(o.y0 - outer.y0, o.y1 - outer.y0), slice(o.x0 - outer.x0, o.x1 - outer.x0))
+            if data is None:
+                data = self._placeholder(source, c, canvas[(slice(None), *where) if heatmap else where].shape)
+                if data is None:
+                    continue
             canvas[(slice(None), *where) if heatmap else where] = data
-        source = self._source(req.level)
         (sy, sx), (ty, tx) = source.scale, source.translation
         return PreviewResult(
             level=req.level, box=req.box, data=_crop(canvas, outer, inner, heatmap),
             scale=(sy * self.step, sx * self.step),
             translate=(ty + inner.y0 * self.step * sy, tx + inner.x0 * self.step * sx),
+            missing=sum(data is None for data in have.values()), cells=len(have),
         )
+
+    def _placeholder(self, source: ImageSource, cell: Box, shape: tuple[int, ...]) -> np.ndarray | None:
+        """What a partial result shows for a cell still to come: the input pixels where a restoration gives the
+        input's shape, else nothing (the canvas's zeros)."""
+        if self.runner.task != "restoration":
+            return None
+        pixels = source.read(cell)
+        if pixels.shape[-1] == 1 and len(shape) == 2:
+            pixels = pixels[..., 0]
+        return pixels if pixels.shape == shape else None
 
 
 def _settle(future: Future, result: PreviewResult | None = None, error: BaseException | None = None) -> None:
