@@ -9,6 +9,8 @@ Speed rows, per model, on the synthetic slide written once as OME-Zarr under $TM
   tiles may stretch to fit blocks (models that tile exactly, "512-640"), pure is timed at the set tile;
 - ours: ``engine.predict`` from the zarr store into a zarr store with its pyramid, the whole call;
   k = input-tile pixels / image pixels counted from the tiles actually run; eta = ours px/s / (pure / k);
+  model share = the model's forward time inside that same call / the call's time (CPU only, where a forward is
+  synchronous): eta times pure and ours minutes apart, so this machine's drift moves it by 10-20 %, the share not;
 - MONAI: ``sliding_window_inference`` (mode="gaussian", so that it has no seams either) on the same model, fed
   its windows channels-last as our tiles are (on this CPU that alone makes a conv net twice as fast), softmax
   included (we blend probabilities too), on the image read from the same store into memory; its time is
@@ -41,7 +43,7 @@ import torch
 from torch import nn
 
 from napari_hires.engine import predict
-from napari_hires.engine.device import autocast
+from napari_hires.engine.device import autocast, resolve_device
 from napari_hires.engine.runner import TileRunner
 from napari_hires.engine.tiling import layout_for
 from napari_hires.io.ome_zarr_writer import write_ome_zarr
@@ -55,9 +57,11 @@ CACHE = Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "napari_hires_
 #: A plain U-Net (exact halo from its receptive field) and the shipped trained models (halos measured, in their cards).
 MODELS = ["unet_1m", "hct_tiny_seg_synthetic", "maxvit_nano_seg_synthetic", "xt_nano_seg_synthetic",
           "maxim_nano_denoise_synthetic"]
-#: Image side per model for a default run of about 10-15 minutes on a 2-core CPU (--size overrides).
+#: Image side per model: large enough that a run's fixed costs and the tile count's rounding at the image
+#: edge do not decide the ratios (2048 px fits five 512-px tiles at 19 % overlap and at 25 % alike); a
+#: default run takes about 40 minutes on a 2-core CPU (--size overrides).
 DEFAULT_SIDE = {"unet_1m": 2048, "hct_tiny_seg_synthetic": 4096, "maxvit_nano_seg_synthetic": 4096,
-                "xt_nano_seg_synthetic": 4096, "maxim_nano_denoise_synthetic": 2048}
+                "xt_nano_seg_synthetic": 4096, "maxim_nano_denoise_synthetic": 3072}
 GIGA = 2**30
 
 
@@ -191,11 +195,24 @@ def pure_rate(net: HiresModel, tile: int, batch: int, device: str, budget_s: flo
 
 
 def run_ours(path: Path, net: HiresModel, tile: int | None, batch: int, device: str,
-             out: Path) -> tuple[float, Any]:
-    """The whole ``predict`` call, zarr to zarr with the pyramid; ``tile`` None is the engine's own choice."""
-    t0 = time.perf_counter()
-    result = predict(str(path), net, out, tile=tile, batch=batch, device=device, overwrite=True)
-    return time.perf_counter() - t0, result
+             out: Path) -> tuple[float, Any, float]:
+    """The whole ``predict`` call, zarr to zarr with the pyramid; ``tile`` None is the engine's own choice.
+
+    Returns (seconds, result, seconds spent in the model's forward during the call: NaN off the CPU, where a
+    forward returns before the device is done)."""
+    spent, began = [0.0], [0.0]
+    timed = resolve_device(device).type == "cpu"
+    hooks = [net.register_forward_pre_hook(lambda *_: began.__setitem__(0, time.perf_counter())),
+             net.register_forward_hook(lambda *_: spent.__setitem__(0, spent[0] + time.perf_counter() - began[0]))
+             ] if timed else []
+    try:
+        t0 = time.perf_counter()
+        result = predict(str(path), net, out, tile=tile, batch=batch, device=device, overwrite=True)
+        seconds = time.perf_counter() - t0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seconds, result, spent[0] if timed else float("nan")
 
 
 def run_monai(path: Path, net: HiresModel, tile: int, batch: int, device: str, overlap: float) -> tuple[float, float]:
@@ -233,12 +250,13 @@ def speed_row(name: str, side: int | None, tile: int | None, batch: int, device:
     layout = layout_for(net, tile)  # tile None: the model's tile, which may stretch to fit blocks
     path = slide_store(side)
     out = CACHE / "out.zarr"
-    ours, monai_default, monai_equal, reads, pures = [], [], [], [], []
+    ours, monai_default, monai_equal, reads, pures, shares = [], [], [], [], [], []
     k = float("nan")
     for _ in range(reps):  # interleaved, the model-only rate too: the machine's speed drifts between runs
         pures.append(pure_rate(net, layout.tile, batch, device))
-        seconds, result = run_ours(path, net, tile, batch, device, out)
+        seconds, result, model_seconds = run_ours(path, net, tile, batch, device, out)
         ours.append(seconds)
+        shares.append(model_seconds / seconds)
         k = result.overlap_factor
         seconds, read = run_monai(path, net, layout.tile, batch, device, 0.25)
         monai_default.append(seconds)
@@ -252,7 +270,7 @@ def speed_row(name: str, side: int | None, tile: int | None, batch: int, device:
     e2e = side * side / t_ours
     return dict(model=name, params=count_parameters(net), side=side, tile=layout.tile, max_tile=layout.max_tile,
                 batch=batch, halo=net.halo, overlap=layout.overlap, k=k, monai_k=monai_k, pure=pure, e2e=e2e,
-                eta=e2e / (pure / k), ours=t_ours, monai25=t_m25, monai_eq=t_meq, read=statistics.median(reads), runs=dict(ours=ours, monai25=monai_default,
+                eta=e2e / (pure / k), share=statistics.median(shares), ours=t_ours, monai25=t_m25, monai_eq=t_meq, read=statistics.median(reads), runs=dict(ours=ours, monai25=monai_default,
                                                                          monai_eq=monai_equal, pure=pures))
 
 
@@ -304,15 +322,15 @@ def fmt_rate(v: float) -> str:
 
 def print_speed(rows: list[dict]) -> None:
     print("\n| model | params | image | tile x batch | halo / overlap | k (MONAI@0.25) | pure tile px/s "
-          "| end-to-end px/s | eta | ours s | MONAI@0.25 s | ours/MONAI@0.25 | MONAI@equal s | ours/MONAI@equal "
+          "| end-to-end px/s | eta | model share | ours s | MONAI@0.25 s | ours/MONAI@0.25 | MONAI@equal s | ours/MONAI@equal "
           "| MONAI read s |")
-    print("|" + "---|" * 15)
+    print("|" + "---|" * 16)
     for r in rows:
         stretch = f"-{r['max_tile']}" if r["max_tile"] > r["tile"] else ""
         print(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['side']}^2 | {r['tile']}{stretch} x {r['batch']} "
               f"| {r['halo']} / {r['overlap']} ({r['overlap'] / r['tile']:.0%}) | {r['k']:.2f} ({r['monai_k']:.2f}) "
               f"| {fmt_rate(r['pure'])} "
-              f"| {fmt_rate(r['e2e'])} | {r['eta']:.2f} | {r['ours']:.1f} | {r['monai25']:.1f} "
+              f"| {fmt_rate(r['e2e'])} | {r['eta']:.2f} | {r['share']:.2f} | {r['ours']:.1f} | {r['monai25']:.1f} "
               f"| {r['ours'] / r['monai25']:.2f} | {r['monai_eq']:.1f} | {r['ours'] / r['monai_eq']:.2f} "
               f"| {r['read']:.2f} |")
 
