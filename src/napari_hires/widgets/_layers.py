@@ -24,8 +24,9 @@ _warmed = False
 
 
 def warm_layer_imports() -> None:
-    """Import, off the UI thread, what napari imports the first time it makes a Labels layer (pandas and parts of
-    scikit-image, about a second), so that a run's first result layer does not freeze the viewer."""
+    """Import, off the UI thread, what napari imports the first time it makes a Labels layer (pandas, parts of
+    scikit-image, scipy.linalg for its random label colours: about a second), so that a run's first result layer
+    does not freeze the viewer."""
     global _warmed
     with _warming:
         if _warmed:
@@ -33,7 +34,7 @@ def warm_layer_imports() -> None:
         _warmed = True
 
     def run() -> None:
-        for name in ("pandas", "skimage.color", "skimage.exposure", "skimage.util"):
+        for name in ("pandas", "skimage.color", "skimage.exposure", "skimage.util", "scipy.linalg"):
             importlib.import_module(name)
 
     threading.Thread(target=run, name="hires-warm-imports", daemon=True).start()
