@@ -60,7 +60,7 @@ MODELS = ["unet_1m", "hct_tiny_seg_synthetic", "maxvit_nano_seg_synthetic", "xt_
 #: Image side per model: large enough that a run's fixed costs and the tile count's rounding at the image
 #: edge do not decide the ratios (2048 px fits five 512-px tiles at 19 % overlap and at 25 % alike); a
 #: default run takes about 40 minutes on a 2-core CPU (--size overrides).
-DEFAULT_SIDE = {"unet_1m": 2048, "hct_tiny_seg_synthetic": 4096, "maxvit_nano_seg_synthetic": 4096,
+DEFAULT_SIDE = {"unet_1m": 4096, "hct_tiny_seg_synthetic": 4096, "maxvit_nano_seg_synthetic": 4096,
                 "xt_nano_seg_synthetic": 4096, "maxim_nano_denoise_synthetic": 3072}
 GIGA = 2**30
 

@@ -120,7 +120,7 @@ def main(out: Path) -> None:
     preview.compare.value = "split"
     viewer.camera.center, viewer.camera.zoom = focus, 2.0
     preview.live.value = True
-    wait_until(lambda: preview.result is not None, timeout=900)
+    wait_until(lambda: preview.result is not None and preview.result.missing == 0, timeout=900)  # all cells
     save(viewer, out / "restoration_preview.png")
     viewer.close()
 
