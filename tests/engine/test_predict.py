@@ -13,6 +13,7 @@ from conftest import ConvNet
 from napari_hires.engine import Box, CancelToken, TileLayout, TileRunner, plan_prediction, predict
 from napari_hires.engine.tiling import layout_for
 from napari_hires.errors import HiresError, ImageReadError, OutputExistsError
+from napari_hires.io.build_state import MARKER
 from napari_hires.io.downsample import downsample_mean, downsample_mode
 from napari_hires.io.readers import open_image
 from napari_hires.models import create_model
@@ -157,6 +158,23 @@ def test_cancel_leaves_an_unfinished_store_that_resumes_to_the_same_result(conv_
     for level in ("0", "1"):
         np.testing.assert_array_equal(zarr.open_group(tmp_path / "c.zarr", mode="r")[level][:],
                                       zarr.open_group(tmp_path / "u.zarr", mode="r")[level][:])
+
+
+def test_a_store_begun_by_an_engine_that_wrote_it_differently_is_not_resumed(conv_model, rgb_image, tmp_path):
+    """Its finished blocks would lack the levels this engine has each block write: refused, then overwritten."""
+    cancel = CancelToken()
+    kwargs = dict(tile=64, chunk=64, block=128, device="cpu")
+    first = predict(rgb_image, conv_model, tmp_path / "old.zarr", progress=lambda *_: cancel.cancel(), cancel=cancel,
+                    **kwargs)
+    assert first.cancelled
+    root = zarr.open_group(tmp_path / "old.zarr", mode="r+")
+    marker = root.attrs[MARKER]
+    assert marker["run"].pop("store_format") == 2  # as the engine before blocks wrote their own levels recorded it
+    root.attrs[MARKER] = marker
+    with pytest.raises(OutputExistsError, match="already exists"):
+        predict(rgb_image, conv_model, tmp_path / "old.zarr", **kwargs)
+    again = predict(rgb_image, conv_model, tmp_path / "old.zarr", overwrite=True, **kwargs)
+    assert again.blocks_skipped == 0 and again.blocks_done == again.blocks_total
 
 
 def test_bad_inputs_get_clear_errors(conv_model, rgb_image, tmp_path):

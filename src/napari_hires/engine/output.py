@@ -32,6 +32,9 @@ from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.pyramid_update import update_levels
 
 JOURNAL = "napari_hires_journal/blocks"
+#: In every run record: a store begun by an engine that wrote it differently (1: all coarser levels at the end;
+#: 2: blocks write the levels under them) is not resumed by this one, whose finished blocks would lack levels.
+STORE_FORMAT = 2
 DEFAULT_COLORS = [(0, 0, 0, 0), (0.9, 0.6, 0.7, 1), (0.5, 0.2, 0.6, 1), (0.2, 0.1, 0.5, 1),
                   (0.2, 0.7, 0.3, 1), (0.9, 0.8, 0.1, 1), (0.1, 0.6, 0.9, 1), (0.9, 0.3, 0.1, 1)]
 
@@ -186,4 +189,4 @@ def create_output(
 
 def run_record(**facts: Any) -> dict[str, Any]:
     """The JSON-able description of a job that decides whether an unfinished store may be resumed by it."""
-    return json.loads(json.dumps(facts, sort_keys=True, default=str))
+    return json.loads(json.dumps({"store_format": STORE_FORMAT, **facts}, sort_keys=True, default=str))
