@@ -110,6 +110,7 @@ class PreviewResult:
 #: Called on the service's thread with a partial result of a request, as its cells land.
 Partial = Callable[[PreviewResult], None]
 
+
 @dataclass
 class _Request:
     level: int
