@@ -254,6 +254,7 @@ class PreviewService:
             cy, cx = req.box.y0 + req.box.y1, req.box.x0 + req.box.x1
             units = sorted(missing, key=lambda c: (c.y0 + c.y1 - cy) ** 2 + (c.x0 + c.x1 - cx) ** 2)
         shown: float | None = None  # when the last partial result was handed over (the first goes at once)
+        backdrop: np.ndarray | None = None  # what cells still to come show, read once per request
         for i, rect in enumerate(units):
             req.token.check()
             data = predict_rectangle(self.runner, source, rect, self.layout, req.token)
@@ -266,7 +267,9 @@ class PreviewService:
             if req.partial is not None and i + 1 < len(units) and (
                     shown is None or time.perf_counter() - shown >= self.partial_every):
                 req.token.check()
-                req.partial(self._assemble(req, have))
+                if shown is None:
+                    backdrop = self._backdrop(source, list(have), have[units[0]])
+                req.partial(self._assemble(req, have, backdrop))
                 shown = time.perf_counter()
         return self._assemble(req, have)
 
@@ -303,25 +306,23 @@ class PreviewService:
         while self._cached > self.cache_bytes and self._cache:
             self._cached -= self._cache.popitem(last=False)[1].nbytes
 
-    def _assemble(self, req: _Request, have: dict[Box, np.ndarray | None]) -> PreviewResult:
+    def _assemble(self, req: _Request, have: dict[Box, np.ndarray | None],
+                  backdrop: np.ndarray | None = None) -> PreviewResult:
         """The cells' data stitched and cropped to the requested box, with its world placement; cells not computed
-        yet show the input (restoration) or zeros."""
+        yet show ``backdrop`` (covering all the cells), or zeros."""
         heatmap = self.step > 1
         cells = list(have)
         union = Box(cells[0].y0, cells[-1].y1, cells[0].x0, cells[-1].x1)
         outer, inner = _out_box(union, self.step), _out_box(req.box, self.step)
         first = next(data for data in have.values() if data is not None)
         lead, tail = (first.shape[:1], ()) if heatmap else ((), first.shape[2:])
-        canvas = np.zeros(lead + outer.shape + tail, first.dtype)
-        source = self._source(req.level)
+        canvas = backdrop.copy() if backdrop is not None else np.zeros(lead + outer.shape + tail, first.dtype)
         for c, data in have.items():
-            o = _out_box(c, self.step)
-            where = (slice(o.y0 - outer.y0, o.y1 - outer.y0), slice(o.x0 - outer.x0, o.x1 - outer.x0))
-            if data is None:
-                data = self._placeholder(source, c, canvas[(slice(None), *where) if heatmap else where].shape)
-                if data is None:
-                    continue
-            canvas[(slice(None), *where) if heatmap else where] = data
+            if data is not None:
+                o = _out_box(c, self.step)
+                where = (slice(o.y0 - outer.y0, o.y1 - outer.y0), slice(o.x0 - outer.x0, o.x1 - outer.x0))
+                canvas[(slice(None), *where) if heatmap else where] = data
+        source = self._source(req.level)
         (sy, sx), (ty, tx) = source.scale, source.translation
         return PreviewResult(
             level=req.level, box=req.box, data=_crop(canvas, outer, inner, heatmap),
@@ -330,15 +331,15 @@ class PreviewService:
             missing=sum(data is None for data in have.values()), cells=len(have),
         )
 
-    def _placeholder(self, source: ImageSource, cell: Box, shape: tuple[int, ...]) -> np.ndarray | None:
-        """What a partial result shows for a cell still to come: the input pixels where a restoration gives the
-        input's shape, else nothing (the canvas's zeros)."""
+    def _backdrop(self, source: ImageSource, cells: list[Box], sample: np.ndarray) -> np.ndarray | None:
+        """What a partial result shows where cells are still to come: the input pixels under ``cells`` when the
+        model restores images of the input's shape (``sample`` is one computed cell), else None (zeros)."""
         if self.runner.task != "restoration":
             return None
-        pixels = source.read(cell)
-        if pixels.shape[-1] == 1 and len(shape) == 2:
+        pixels = source.read(Box(cells[0].y0, cells[-1].y1, cells[0].x0, cells[-1].x1))
+        if pixels.shape[-1] == 1 and sample.ndim == 2:
             pixels = pixels[..., 0]
-        return pixels if pixels.shape == shape else None
+        return pixels if pixels.shape[2:] == sample.shape[2:] and pixels.dtype == sample.dtype else None
 
 
 def _settle(future: Future, result: PreviewResult | None = None, error: BaseException | None = None) -> None:
