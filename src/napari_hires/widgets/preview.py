@@ -5,9 +5,9 @@ pyramid level goes to a :class:`~napari_hires.engine.preview.PreviewService`, wh
 what it computed. Cells are computed from the centre of the view outwards and shown as they land (the rest shows the
 image), so a slow model on a CPU shows something within a cell's time. Results come back to the main thread through
 a Qt signal, stale ones are dropped, and the newest is placed in one "restoration preview" Image layer aligned over
-the image. Compare modes: the preview over the image at
-the chosen opacity, a split (the preview cropped to the left half of the view, the original on the right: napari
-clips 2-d layers only by their data, so the crop is of the data), or the original alone (the preview hidden).
+the image. Compare modes: the preview over the image at the chosen opacity, a split (the preview cropped to the left
+half of the view, the original on the right: napari clips 2-d layers only by their data, so the crop is of the
+data), or the original alone (the preview hidden).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def level_box(layer: Any, level: int, region: _layers.Region) -> tuple[int, int,
 
 
 class _Relay(QObject):
-    """Carries a finished Future from the service's thread to the main thread (a queued signal)."""
+    """Carries partial results and finished Futures from the service's thread to the main thread (queued signals)."""
 
     finished = Signal(int, object)
     partial = Signal(int, object)
