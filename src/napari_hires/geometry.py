@@ -21,6 +21,11 @@ class Box(NamedTuple):
     def slices(self) -> tuple[slice, slice]:
         return slice(self.y0, self.y1), slice(self.x0, self.x1)
 
+    def index(self, axes: str, rest: slice = slice(None)) -> tuple[slice, ...]:
+        """An index of an array with ``axes`` (e.g. "cyx"): this box in y and x, ``rest`` along every other axis."""
+        return tuple(slice(self.y0, self.y1) if a == "y" else slice(self.x0, self.x1) if a == "x" else rest
+                     for a in axes)
+
     def intersect(self, other: "Box") -> "Box | None":
         y0, y1, x0, x1 = max(self.y0, other.y0), min(self.y1, other.y1), max(self.x0, other.x0), min(self.x1, other.x1)
         return Box(y0, y1, x0, x1) if y0 < y1 and x0 < x1 else None

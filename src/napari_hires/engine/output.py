@@ -100,7 +100,7 @@ class OutputSpec:
             for k in range(self.own_levels + 1):
                 if k:
                     data, y0, x0 = kernel(data, 2, plan.axes), y0 // 2, x0 // 2
-                levels[k][_yx_selection(plan.axes, Box(y0, y0 + data.shape[iy], x0, x0 + data.shape[ix]))] = data
+                levels[k][Box(y0, y0 + data.shape[iy], x0, x0 + data.shape[ix]).index(plan.axes)] = data
 
     def update_levels(self, box: Box) -> None:
         """Recompute the levels coarser than the blocks' own over a written block (a live view of a running job)."""
@@ -117,12 +117,6 @@ class OutputSpec:
             writer.write(first=self.own_levels + 1)
         for writer in reversed(self.writers):  # the root last: its metadata says the whole store is complete
             writer.finish()
-
-
-def _yx_selection(axes: str, box: Box) -> tuple[slice, ...]:
-    """``box`` in y and x, everything along other axes, in ``axes`` order."""
-    return tuple(slice(box.y0, box.y1) if a == "y" else slice(box.x0, box.x1) if a == "x" else slice(None)
-                 for a in axes)
 
 
 def _own_levels(block: int, chunk: int, n_levels: int) -> int:

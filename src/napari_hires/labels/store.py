@@ -209,7 +209,7 @@ class LabelStore:
         return data.astype(self.dtype)
 
     def _index(self, box: Box) -> tuple[slice, ...]:
-        return tuple({"y": slice(box.y0, box.y1), "x": slice(box.x0, box.x1)}.get(a, slice(0, 1)) for a in self.axes)
+        return box.index(self.axes, rest=slice(0, 1))
 
     def _sel_shape(self, box: Box) -> tuple[int, ...]:
         return tuple({"y": box.shape[0], "x": box.shape[1]}.get(a, 1) for a in self.axes)
