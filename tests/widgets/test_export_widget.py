@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Reader
 from rasterio.features import rasterize
 
+from napari_hires.io.ome_zarr_writer import write_ome_zarr
+from napari_hires.io.readers import open_image
+from napari_hires.io.synthetic import synthetic_slide
 from napari_hires.widgets.export import ExportLabelsWidget
 
 NAMES = ["background", "tumour", "stroma"]
@@ -117,3 +121,70 @@ def test_layer_save_uses_the_npe2_writers(viewer_with_labels, tmp_path: Path, su
             assert np.array_equal(tif.series[0].asarray(), painted())
     else:
         assert np.array_equal(label_data(out), painted())
+
+
+# ------------------------------------------------------------------------------------------------ multiscale layers
+
+
+@pytest.fixture(scope="module")
+def prediction_store(tmp_path_factory) -> tuple[Path, np.ndarray, dict[int, str]]:
+    """A slide with a 4-level label pyramid (1024..128 px) under labels/, 0.5 µm pixels, offset like a region."""
+    image, labels = synthetic_slide((1024, 1024), min_size=128)
+    image = replace(image, scale=(0.5, 0.5, 1.0), translation=(32.0, 64.0, 0.0))
+    labels = replace(labels, name="prediction", scale=(0.5, 0.5), translation=(32.0, 64.0))
+    store = write_ome_zarr(image, tmp_path_factory.mktemp("store") / "slide.zarr", labels={"prediction": labels},
+                           chunk=256)
+    return Path(store), np.asarray(labels.levels[0]), dict(labels.class_names)
+
+
+@pytest.fixture
+def viewer_with_prediction(make_napari_viewer, prediction_store):
+    viewer = make_napari_viewer()
+    viewer.open(str(prediction_store[0]), plugin="napari-hires")
+    layer = viewer.layers["prediction"]
+    assert layer.multiscale and len(layer.data) == 4 and layer.data[0].shape == (1024, 1024)
+    viewer.layers.selection = {layer}
+    return viewer
+
+
+def check_full_resolution(out: Path, truth: np.ndarray, names: dict[int, str]) -> None:
+    """The export at out holds the full-resolution labels (and for rasters their pyramid and pixel size)."""
+    if out.suffix == ".geojson":
+        features = json.loads(out.read_text(encoding="utf-8"))["features"]
+        value = {name: v for v, name in names.items()}
+        shapes = [(shapely.geometry.shape(f["geometry"]), value[f["properties"]["classification"]["name"]])
+                  for f in features]
+        assert np.array_equal(rasterize(shapes, out_shape=truth.shape, fill=0, dtype=np.uint8), truth)
+        return
+    if out.suffix == ".tif":
+        with tifffile.TiffFile(out) as tif:
+            levels = tif.series[0].levels
+            assert [lv.shape for lv in levels] == [(1024, 1024), (512, 512), (256, 256), (128, 128)]
+            assert np.array_equal(levels[0].asarray(), truth)
+    pyr = open_image(out)  # a TIFF reads back as an image: only OME-Zarr says it holds labels
+    assert [lv.shape for lv in pyr.levels] == [(1024, 1024), (512, 512), (256, 256), (128, 128)]
+    assert np.array_equal(np.asarray(pyr.levels[0]), truth)
+    assert pyr.scale == pytest.approx((0.5, 0.5))
+    if out.suffix == ".zarr":
+        assert pyr.kind == "labels" and pyr.class_names == names
+        assert pyr.translation == pytest.approx((32.0, 64.0))
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif", ".geojson"])
+def test_save_selected_layers_writes_the_full_resolution_of_a_multiscale_layer(
+        viewer_with_prediction, prediction_store, tmp_path: Path, suffix: str) -> None:
+    _, truth, names = prediction_store
+    out = tmp_path / f"prediction{suffix}"
+    written = viewer_with_prediction.layers.save(str(out), selected=True, plugin="napari-hires")
+    assert [Path(p) for p in written] == [out]
+    check_full_resolution(out, truth, names)
+
+
+@pytest.mark.parametrize("fmt, suffix", [("ome-zarr", ".zarr"), ("tiff", ".tif"), ("geojson", ".geojson")])
+def test_widget_exports_the_full_resolution_of_a_multiscale_layer(
+        viewer_with_prediction, prediction_store, qtbot, tmp_path: Path, fmt: str, suffix: str) -> None:
+    _, truth, names = prediction_store
+    widget = ExportLabelsWidget(viewer_with_prediction)
+    widget.layer.value = "prediction"
+    export_with(widget, qtbot, fmt, tmp_path / f"prediction{suffix}")
+    check_full_resolution(tmp_path / f"prediction{suffix}", truth, names)
