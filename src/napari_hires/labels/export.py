@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,8 @@ TILE = 512
 #: Chunk side of dask arrays wrapped around in-memory layer data.
 _CHUNK = 1024
 _AXES_BY_NDIM = {2: "yx", 3: "zyx", 4: "tzyx"}
+#: Microns per unit of a Pyramid's y/x units (NGFF names or symbols); scales without units are taken as µm.
+_UM_PER_UNIT = {"micrometer": 1.0, "µm": 1.0, "um": 1.0, "nanometer": 1e-3, "nm": 1e-3, "millimeter": 1e3, "mm": 1e3}
 
 Progress = bool | Callable[[int, int], None]
 
@@ -40,13 +43,16 @@ Progress = bool | Callable[[int, int], None]
 
 
 def labels_from_layer_data(data: Any, attributes: dict[str, Any] | None = None) -> Pyramid:
-    """A labels Pyramid from napari Labels data (an array or a multiscale list) and layer attributes.
+    """A labels Pyramid from napari Labels data (an array or a multiscale sequence) and layer attributes.
 
-    Class names come from ``features`` (columns ``index`` and ``class``, as napari-hires readers set them) or
-    ``metadata["class_names"]``; colours from a direct ``colormap``, or the layer's colormap for named values.
+    A multiscale layer's data is napari's ``MultiScaleData`` (a Sequence, not a list, whose ``__array__`` is the
+    coarsest level): its levels are taken one by one, as the lazy arrays over the store they are, so level 0 is the
+    full resolution. Class names come from ``features`` (columns ``index`` and ``class``, as napari-hires readers set
+    them) or ``metadata["class_names"]``; colours from a direct ``colormap``, or the layer's colormap for named values.
     """
     attrs = attributes or {}
-    levels = [_as_dask(level) for level in (data if isinstance(data, (list, tuple)) else [data])]
+    multiscale = isinstance(data, Sequence) and not isinstance(data, (str, bytes))
+    levels = [_as_dask(level) for level in (data if multiscale else [data])]
     if not levels:
         raise HiresError("the labels layer has no data; paint or open labels before exporting")
     ndim = levels[0].ndim
@@ -190,7 +196,7 @@ def export_labels(
         if fmt == "ome-zarr":
             from napari_hires.io.ome_zarr_writer import write_ome_zarr
 
-            write_ome_zarr(pyr, tmp, derive_levels=True, progress=progress)
+            write_ome_zarr(pyr, tmp, derive_levels=True, progress=progress, **_as_deep(pyr))
         elif fmt == "tiff":
             _write_tiff(pyr, tmp, progress, block)
         else:
@@ -205,6 +211,11 @@ def _checked(pyr: Pyramid) -> Pyramid:
     if pyr.dtype == bool:
         pyr = pyr.with_levels([lv.astype(np.uint8) for lv in pyr.levels])
     return pyr if pyr.kind == "labels" else replace(pyr, kind="labels")
+
+
+def _as_deep(pyr: Pyramid) -> dict[str, int]:
+    """Writer arguments that derive as many levels as a multiscale input has (the writer's default for one level)."""
+    return {"min_size": max(pyr.level_yx_shape(len(pyr.levels) - 1))} if len(pyr.levels) > 1 else {}
 
 
 def _yx_levels(pyr: Pyramid) -> list[da.Array]:
@@ -313,11 +324,23 @@ def _write_tiff(pyr: Pyramid, path: Path, progress: Progress, block: int) -> Non
                     tif.write(
                         _tiles(level, width, tick), shape=level.shape, dtype=level.dtype, tile=(TILE, TILE),
                         compression="zlib", photometric="minisblack",
-                        **({"subifds": len(levels) - 1, "metadata": {"axes": "YX", "Name": pyr.name}} if k == 0
+                        **({"subifds": len(levels) - 1,
+                            "metadata": {"axes": "YX", "Name": pyr.name, **_physical_size(pyr)}} if k == 0
                            else {"subfiletype": 1, "metadata": None}),
                     )
         finally:
             close()
+
+
+def _physical_size(pyr: Pyramid) -> dict[str, Any]:
+    """OME PhysicalSizeY/X in µm from the y/x scale, so the TIFF lands on the image's pixel grid; none if unscaled."""
+    sizes: dict[str, Any] = {}
+    for axis in "yx":
+        scale, unit = pyr.scale[pyr.axes.index(axis)], pyr.units.get(axis)
+        factor = _UM_PER_UNIT.get(unit or "µm")
+        if factor is not None and (scale != 1.0 or unit is not None):
+            sizes.update({f"PhysicalSize{axis.upper()}": scale * factor, f"PhysicalSize{axis.upper()}Unit": "µm"})
+    return sizes
 
 
 def _tiff_levels(pyr: Pyramid, work: Path, progress: Progress) -> list[da.Array]:
