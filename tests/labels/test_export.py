@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dask.array as da
@@ -23,7 +28,7 @@ from napari_hires.io.ome_zarr_writer import add_labels, write_ome_zarr
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.readers import open_labels
 from napari_hires.io.synthetic import synthetic_slide
-from napari_hires.labels.export import export_labels, labels_from_layer_data
+from napari_hires.labels.export import export_labels, labels_from_layer_data, open_label_source
 
 HAND_NAMES = {1: "tumour", 2: "stroma", 3: "nucleus"}
 HAND_COLORS = {1: (1.0, 0.0, 0.0, 1.0), 2: (0.0, 0.5, 1.0, 1.0), 3: (1.0, 1.0, 0.0, 1.0)}
@@ -229,6 +234,81 @@ def test_an_interrupted_export_leaves_nothing_that_looks_whole(tmp_path: Path, n
     with pytest.raises(KeyboardInterrupt):
         export_labels(labels, tmp_path / name, block=256, progress=stop)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory) -> Path:
+    """A single-level 2400 x 2720 label store: exporting it takes seconds, long enough to be killed midway."""
+    big = np.kron(hand_made(), np.ones((16, 16), np.uint32))
+    pyr = Pyramid(levels=[da.from_array(big, chunks=512)], axes="yx", scale=(1.0, 1.0), translation=(0.0, 0.0),
+                  name="big", kind="labels", class_names=dict(HAND_NAMES))
+    return Path(write_ome_zarr(pyr, tmp_path_factory.mktemp("big") / "big.zarr"))
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def export_process(source: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "napari_hires.cli", "export", str(source), str(out),
+                             "--block", "256", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_partial(proc: subprocess.Popen, folder: Path) -> None:
+    """Poll until the export has a .partial-* temporary beside its output; it must still be running then."""
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not any(
+            n.startswith(".partial-") for n in hidden(folder)):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the export finished before it could be interrupted; make the labels larger"
+
+
+def same_export(a: Path, b: Path) -> bool:
+    """Whether two exports hold the same thing: GeoJSON text, TIFF levels, OME-Zarr levels and metadata."""
+    if a.suffix == ".geojson":
+        return a.read_text(encoding="utf-8") == b.read_text(encoding="utf-8")
+    if a.suffix == ".tif":
+        with tifffile.TiffFile(a) as ta, tifffile.TiffFile(b) as tb:
+            la, lb = ta.series[0].levels, tb.series[0].levels
+            return len(la) == len(lb) and all(np.array_equal(x.asarray(), y.asarray()) for x, y in zip(la, lb))
+    ga, gb = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
+    names = [d["path"] for d in ga.attrs["ome"]["multiscales"][0]["datasets"]]
+    return ga.attrs.asdict() == gb.attrs.asdict() and all(np.array_equal(ga[n][:], gb[n][:]) for n in names)
+
+
+@pytest.mark.parametrize("name", ["killed.geojson", "killed.tif", "killed.zarr"])
+def test_a_killed_export_leaves_no_partial_files_after_the_next_run(tmp_path: Path, big_store: Path,
+                                                                    name: str) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    proc = export_process(big_store, folder / name)
+    try:
+        wait_for_partial(proc, folder)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert any(n.startswith(".partial-") for n in hidden(folder)) and not (folder / name).exists()
+
+    rerun = export_process(big_store, folder / name)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()
+    assert hidden(folder) == [] and [p.name for p in folder.iterdir()] == [name]
+    reference = export_labels(open_label_source(big_store), tmp_path / name, block=256)
+    assert same_export(folder / name, Path(reference))
+
+
+def test_the_partial_file_of_a_running_export_is_left_alone(tmp_path: Path, big_store: Path) -> None:
+    proc = export_process(big_store, tmp_path / "running.geojson")
+    try:
+        wait_for_partial(proc, tmp_path)
+        running = hidden(tmp_path)
+        export_labels(hand_pyramid(), tmp_path / "other.geojson", block=BLOCK)
+        assert proc.poll() is None, "the running export ended before the other one; make the labels larger"
+        assert set(running) <= set(hidden(tmp_path))
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_existing_outputs_and_bad_inputs_are_refused(tmp_path: Path) -> None:
