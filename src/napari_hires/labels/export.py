@@ -3,15 +3,19 @@
 The input is a labels :class:`Pyramid` (a label store, ``open_labels(image)[name]``) or a napari Labels layer's data
 and attributes. Every format reads level 0 a block at a time, so memory does not grow with the image. Outputs are
 written under a temporary name beside the target and renamed when complete: a failed or cancelled export never
-leaves a file that looks whole. Labels inside an existing OME-Zarr image are listed only once written.
+leaves a file that looks whole. The temporary's name holds the writing process (host and pid), so the temporaries of
+a killed export are removed by the next export into that folder, and those of a running one are left alone.
+Labels inside an existing OME-Zarr image are listed only once written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
+import socket
 import sys
-import tempfile
 import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -35,6 +39,8 @@ _CHUNK = 1024
 _AXES_BY_NDIM = {2: "yx", 3: "zyx", 4: "tzyx"}
 #: Microns per unit of a Pyramid's y/x units (NGFF names or symbols); scales without units are taken as µm.
 _UM_PER_UNIT = {"micrometer": 1.0, "µm": 1.0, "um": 1.0, "nanometer": 1e-3, "nm": 1e-3, "millimeter": 1e3, "mm": 1e3}
+#: An export temporary: ".partial-HOST-PID-RANDOM-NAME", HOST the first 8 hex digits of the host name's SHA-1.
+_PARTIAL = re.compile(r"^\.partial-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}-.+$")
 
 Progress = bool | Callable[[int, int], None]
 
@@ -256,18 +262,56 @@ def _check_not_source(pyr: Pyramid, out: Path) -> None:
 @contextmanager
 def _atomic(out: Path) -> Iterator[Path]:
     """A temporary path beside ``out`` (same suffix) that replaces ``out`` only if the block completes."""
-    tmp = out.with_name(f".partial-{uuid.uuid4().hex[:8]}-{out.name}")
+    remove_stale_partials(out.parent)
+    tmp = out.with_name(f".partial-{_host_id()}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{out.name}")
     try:
         yield tmp
         if out.is_dir():
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        _remove(tmp)
         raise
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove the export temporaries in ``folder`` whose process (on this host) has ended; returns those removed.
+
+    A killed export cannot clean up after itself. Temporaries of a live process, and of other hosts (whose processes
+    cannot be checked from here), are kept.
+    """
+    host = _host_id()
+    stale = []
+    for path in folder.iterdir():
+        match = _PARTIAL.match(path.name)
+        if match and match["host"] == host and not _alive(int(match["pid"])):
+            _remove(path)
+            stale.append(path)
+    return stale
+
+
+def _host_id() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (always True on Windows, where signal 0 would end it)."""
+    if pid == os.getpid() or os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
 
 
 def _ticker(progress: Progress, total: int, desc: str) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -312,8 +356,10 @@ def _write_tiff(pyr: Pyramid, path: Path, progress: Progress, block: int) -> Non
     """A tiled, zlib-compressed OME-TIFF: level 0 then reduced levels as SubIFDs, each written from tiles."""
     import tifffile
 
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".napari-hires-levels-") as work:
-        levels = _tiff_levels(pyr, Path(work), progress)
+    work = path.with_name(f"{path.name}.levels")  # named like the partial, so a killed run's is cleaned too
+    work.mkdir()
+    try:
+        levels = _tiff_levels(pyr, work, progress)
         width = max(TILE, block // TILE * TILE)
         total = sum(-(-lv.shape[0] // TILE) * -(-lv.shape[1] // width) for lv in levels)
         tick, close = _ticker(progress, total, f"writing {path.name}")
@@ -330,6 +376,8 @@ def _write_tiff(pyr: Pyramid, path: Path, progress: Progress, block: int) -> Non
                     )
         finally:
             close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _physical_size(pyr: Pyramid) -> dict[str, Any]:
