@@ -331,6 +331,55 @@ def test_existing_outputs_and_bad_inputs_are_refused(tmp_path: Path) -> None:
         export_labels(hand_pyramid(), tmp_path / "missing" / "x.tif")
 
 
+def int64_labels() -> np.ndarray:
+    """Nuclei-like blobs numbered by skimage.measure.label, as int64 (numpy's default int, older skimage's output)."""
+    from skimage.measure import label
+
+    rng = np.random.default_rng(3)
+    mask = np.kron(rng.random((60, 70)) > 0.6, np.ones((5, 5), bool))  # 300 x 350, several hundred objects
+    labels = label(mask, connectivity=1).astype(np.int64)
+    assert labels.max() > 255
+    return labels
+
+
+def test_int64_labels_are_written_to_tiff_as_the_smallest_unsigned_type(tmp_path: Path) -> None:
+    labels = int64_labels()
+    with pytest.warns(UserWarning, match=r"int64 labels 0\.\.\d+\b.* uint16"):
+        out = export_labels(labels, tmp_path / "nuclei.tif")
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].dtype == np.uint16
+        assert np.array_equal(tif.series[0].asarray(), labels)
+
+
+@pytest.mark.parametrize("value, expected", [(-1, r"from -1 to \d+.*negative"), (2**40, r"up to 1099511627776.*uint32")])
+def test_int64_labels_that_fit_no_tiff_type_are_refused(tmp_path: Path, value: int, expected: str) -> None:
+    labels = int64_labels()
+    labels[0, 0] = value
+    with pytest.raises(HiresError, match=expected + ".*ome-zarr or geojson"):
+        export_labels(labels, tmp_path / "nuclei.tif")
+    assert list(tmp_path.iterdir()) == []
+    export_labels(labels, tmp_path / "nuclei.zarr")  # OME-Zarr keeps 64-bit labels as they are
+    assert np.array_equal(np.asarray(open_label_source(tmp_path / "nuclei.zarr").levels[0]), labels)
+
+
+def test_cli_exports_int64_labels_to_tiff_with_a_one_line_note(tmp_path: Path) -> None:
+    labels = int64_labels()
+    source = tmp_path / "nuclei_int64.tif"
+    tifffile.imwrite(source, labels)
+    result = subprocess.run([sys.executable, "-m", "napari_hires.cli", "export", str(source),
+                             str(tmp_path / "nuclei.tif"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and "warning:" in result.stderr and "uint16" in result.stderr
+    assert np.array_equal(tifffile.imread(tmp_path / "nuclei.tif"), labels)
+    labels[0, 0] = -7
+    tifffile.imwrite(source, labels)
+    result = subprocess.run([sys.executable, "-m", "napari_hires.cli", "export", str(source),
+                             str(tmp_path / "negative.tif"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "error:" in result.stderr and "negative" in result.stderr
+    assert not (tmp_path / "negative.tif").exists()
+
+
 def test_layer_attributes_give_class_names_and_colours() -> None:
     from napari.utils.colormaps import DirectLabelColormap
 
