@@ -11,3 +11,7 @@ class ImageReadError(HiresError):
 
 class OutputExistsError(HiresError, FileExistsError):
     """An output path already holds data and ``overwrite`` was not given."""
+
+
+class HiresWarning(UserWarning):
+    """Something done differently from what was asked, for a stated reason (the CLI prints it as one line)."""

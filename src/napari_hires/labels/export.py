@@ -17,6 +17,7 @@ import shutil
 import socket
 import sys
 import uuid
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterator
 import dask.array as da
 import numpy as np
 
-from napari_hires.errors import HiresError, OutputExistsError
+from napari_hires.errors import HiresError, HiresWarning, OutputExistsError
 from napari_hires.io.pyramid import Pyramid
 
 FORMATS = ("ome-zarr", "tiff", "geojson")
@@ -198,6 +199,8 @@ def export_labels(
     _check_not_source(pyr, out)
     if name:
         pyr = replace(pyr, name=name)
+    if fmt == "tiff":
+        pyr = _tiff_dtype(pyr)
     with _atomic(out) as tmp:
         if fmt == "ome-zarr":
             from napari_hires.io.ome_zarr_writer import write_ome_zarr
@@ -378,6 +381,28 @@ def _write_tiff(pyr: Pyramid, path: Path, progress: Progress, block: int) -> Non
             close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _tiff_dtype(pyr: Pyramid) -> Pyramid:
+    """64-bit labels as the smallest unsigned type holding their values (OME-TIFF has none wider than 32 bits).
+
+    Costs one pass over level 0 for the value range; labels that no such type holds are refused before any writing.
+    """
+    if pyr.dtype.itemsize < 8:
+        return pyr
+    low, high = (int(v) for v in da.compute(pyr.levels[0].min(), pyr.levels[0].max()))
+    keep = "export to ome-zarr or geojson, which keep 64-bit labels"
+    if low < 0:
+        raise HiresError(f"{pyr.name!r} holds {pyr.dtype} labels from {low} to {high}; OME-TIFF has no 64-bit "
+                         "integers and negative labels fit no unsigned type: renumber them from 0 (e.g. "
+                         f"skimage.segmentation.relabel_sequential) or {keep}")
+    dtype = next((np.dtype(t) for t in (np.uint8, np.uint16, np.uint32) if high <= np.iinfo(t).max), None)
+    if dtype is None:
+        raise HiresError(f"{pyr.name!r} holds {pyr.dtype} labels up to {high}, beyond uint32, the widest integers "
+                         "of OME-TIFF: renumber them (e.g. skimage.segmentation.relabel_sequential) or " + keep)
+    warnings.warn(f"{pyr.name!r} holds {pyr.dtype} labels {low}..{high}; OME-TIFF has no 64-bit integers, so they "
+                  f"are written as {dtype}, the smallest type that holds them", HiresWarning, stacklevel=3)
+    return pyr.with_levels([level.astype(dtype) for level in pyr.levels])
 
 
 def _physical_size(pyr: Pyramid) -> dict[str, Any]:
