@@ -365,6 +365,43 @@ def test_cli_builds_a_pyramid_from_a_tiff(rgb_tiff, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def not_labels(tmp_path_factory) -> dict[str, Path]:
+    """skimage's astronaut (RGB uint8) and camera as float32 in [0, 1], as TIFFs written by tifffile."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("not_labels")
+    tifffile.imwrite(folder / "astronaut.tif", data.astronaut(), photometric="rgb")
+    tifffile.imwrite(folder / "camera.tif", data.camera().astype(np.float32) / 255)
+    return {"rgb": folder / "astronaut.tif", "float": folder / "camera.tif"}
+
+
+@pytest.mark.parametrize("image", ["rgb", "float"])
+def test_labels_kind_of_an_rgb_or_float_image_is_refused_before_writing(not_labels, tmp_path, capsys, image):
+    out = tmp_path / "labels.zarr"
+    assert main(["pyramid", str(not_labels[image]), str(out), "--kind", "labels", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "single-channel integers" in err and "--kind image" in err
+    assert not out.exists()
+    with pytest.raises(HiresError, match="single-channel integers"):
+        build_pyramid(not_labels[image], out, kind="labels")
+    assert not out.exists()
+    assert main(["pyramid", str(not_labels[image]), str(out), "--kind", "image", "--quiet"]) == 0
+
+
+def test_widget_refuses_labels_kind_of_an_rgb_image(make_napari_viewer, qtbot, not_labels, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hires", "Build pyramid")
+    out = tmp_path / "astronaut_labels.zarr"
+    widget.source.value = not_labels["rgb"]
+    widget.output.value = out
+    widget.kind.value = "labels"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.status.value.startswith(("wrote", "error")), timeout=20000)
+    assert widget.status.value.startswith("error") and "single-channel integers" in widget.status.value
+    assert not out.exists()
+
+
 def test_widget_builds_a_store_from_the_napari_dock(make_napari_viewer, qtbot, cyx_zarr, tmp_path):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-hires", "Build pyramid")
