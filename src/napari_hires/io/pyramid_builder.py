@@ -6,6 +6,8 @@ import dataclasses
 import os
 from typing import Callable
 
+import numpy as np
+
 from napari_hires.errors import HiresError
 from napari_hires.io.pyramid import Pyramid
 
@@ -25,7 +27,8 @@ def build_pyramid(
 ) -> str:
     """Copy level 0 of ``source`` block by block and derive coarser levels (mean, or mode for labels); returns ``out``.
 
-    ``kind="auto"`` keeps the kind the reader reports; "labels" forces mode downsampling for integer label images.
+    ``kind="auto"`` keeps the kind the reader reports; "labels" forces mode downsampling for integer label images,
+    and is refused before anything is written for other images (which would give a store no reader accepts).
     """
     from napari_hires.io.ome_zarr_writer import write_ome_zarr
 
@@ -39,6 +42,8 @@ def build_pyramid(
         pyramid = open_image(source)
     if kind != "auto" and kind != pyramid.kind:
         pyramid = dataclasses.replace(pyramid, kind=kind)
+    if pyramid.kind == "labels":
+        _check_labels(pyramid, source if not isinstance(source, Pyramid) else pyramid.name)
     return write_ome_zarr(
         pyramid.with_levels(pyramid.levels[:1]),
         out,
@@ -49,3 +54,14 @@ def build_pyramid(
         progress=progress,
         min_size=min_size,
     )
+
+
+def _check_labels(pyramid: Pyramid, where: str | os.PathLike) -> None:
+    """Labels are single-channel integers; an RGB, multi-channel or float image is refused with what to do instead."""
+    channels = pyramid.shape[pyramid.axes.index("c")] if "c" in pyramid.axes else 1
+    if channels == 1 and (np.issubdtype(pyramid.dtype, np.integer) or pyramid.dtype == bool):
+        return
+    what = str(pyramid.dtype) if channels == 1 else f"{channels}-channel {pyramid.dtype}"
+    what += " (RGB)" if channels in (3, 4) and pyramid.dtype == np.uint8 else ""
+    raise HiresError(f"{where} is a {what} image, not labels: labels must be single-channel integers; "
+                     "build it as an image (--kind image or auto)")
