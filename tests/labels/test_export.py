@@ -351,7 +351,8 @@ def test_int64_labels_are_written_to_tiff_as_the_smallest_unsigned_type(tmp_path
         assert np.array_equal(tif.series[0].asarray(), labels)
 
 
-@pytest.mark.parametrize("value, expected", [(-1, r"from -1 to \d+.*negative"), (2**40, r"up to 1099511627776.*uint32")])
+@pytest.mark.parametrize("value, expected", [(-1, r"from -1 to \d+.*negative"),
+                                             (2**40, r"up to 1099511627776.*uint32")])
 def test_int64_labels_that_fit_no_tiff_type_are_refused(tmp_path: Path, value: int, expected: str) -> None:
     labels = int64_labels()
     labels[0, 0] = value
