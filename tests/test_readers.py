@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import zarr
-from chunk_counting import CountingStore
+from chunk_counting import CountingStore, ProcessReads
 from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import write_image, write_labels
 from PIL import Image
 from zarr.storage import LocalStore
 
-from napari_hires._reader import get_reader
+from napari_hires._reader import get_reader, read_layers
 from napari_hires.errors import ImageReadError
+from napari_hires.io.downsample import downsample_mean
 from napari_hires.io.readers import can_read, open_image, open_labels
 
 FORMATS = {"0.4": (FormatV04, 2), "0.5": (FormatV05, 3)}
@@ -152,6 +155,49 @@ def test_opening_reads_no_level0_chunks(tmp_path, version):
     assert store.chunk_reads("s0") == 2
 
 
+def _missing_chunk_warnings(path) -> list[str]:
+    """The missing-chunk warnings that opening path (image and labels) gives."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_image(path)
+        open_labels(path)
+    return [str(w.message) for w in caught if "missing" in str(w.message)]
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_a_deleted_chunk_is_reported_once_naming_level_and_count(tmp_path, version):
+    path = write_ome_zarr(tmp_path / "holed.zarr", RNG.integers(1, 255, (256, 256), dtype=np.uint8), "yx", version,
+                          labels=_labels_image((256, 256)))
+    (path / "s0" / ("1/2" if version == "0.4" else "c/1/2")).unlink()
+
+    first = _missing_chunk_warnings(path)
+    again = _missing_chunk_warnings(path)
+
+    assert len(first) == 1 and again == [], "one warning per store and process"
+    assert "holed.zarr" in first[0] and re.search(r"level s0: 1 of 16 chunks", first[0]), first[0]
+
+
+def test_a_deleted_label_chunk_is_reported(tmp_path):
+    path = write_ome_zarr(tmp_path / "lab.zarr", RNG.integers(1, 255, (256, 256), dtype=np.uint8), "yx", "0.5",
+                          labels=_labels_image((256, 256)))
+    (path / "labels" / "cells" / "s0" / "c" / "0" / "1").unlink()  # a chunk holding label 1
+
+    found = _missing_chunk_warnings(path)
+
+    assert len(found) == 1 and re.search(r"lab\.zarr/labels/cells.*level s0: 1 of 16 chunks", found[0]), found
+
+
+def test_complete_and_naturally_sparse_stores_give_no_missing_chunk_warning(tmp_path):
+    complete = write_ome_zarr(tmp_path / "whole.zarr", RNG.integers(1, 255, (256, 256), dtype=np.uint8), "yx", "0.5")
+    dark = RNG.integers(1, 255, (256, 256), dtype=np.uint8)
+    dark[:128] = 0  # zarr stores no chunk that is all fill value: these are absent, not missing
+    sparse = write_ome_zarr(tmp_path / "dark.zarr", dark, "yx", "0.5", labels=_labels_image((256, 256)))
+    assert sum(f.is_file() for f in (sparse / "s0" / "c").rglob("*")) < 16, "the test needs chunks zarr left out"
+
+    assert _missing_chunk_warnings(complete) == []
+    assert _missing_chunk_warnings(sparse) == []
+
+
 # ---------------------------------------------------------------------------------------------- plain zarr
 def test_plain_zarr_array_is_one_level(tmp_path):
     data = RNG.integers(0, 255, (200, 300), dtype=np.uint8)
@@ -240,6 +286,51 @@ def test_plain_tiled_rgb_tiff_and_single_level_grayscale_are_lazy_single_levels(
     assert gray.min() <= lo < hi <= gray.max()
 
 
+def _channel_tiffs(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray]]:
+    """Multichannel TIFFs as tifffile writes them: plain (no metadata: axes 'QYX'), ImageJ hyperstack, OME-TIFF."""
+    five = RNG.integers(0, 4000, (5, 96, 64), dtype=np.uint16)
+    files = {
+        "plain5": (tmp_path / "plain5.tif", five, {}),
+        "plain2": (tmp_path / "plain2.tif", five[:2], {"photometric": "minisblack"}),
+        "imagej2": (tmp_path / "imagej2.tif", five[:2], {"imagej": True, "metadata": {"axes": "CYX"}}),
+        "ome5": (tmp_path / "ome5.ome.tif", five, {"metadata": {"axes": "CYX"}}),
+    }
+    for path, data, kw in files.values():
+        tifffile.imwrite(path, data, **kw)
+    pages = tmp_path / "pages3.tif"
+    with tifffile.TiffWriter(pages) as tw:  # one page per channel, no shape metadata: axes 'IYX'
+        for plane in five[:3]:
+            tw.write(plane, metadata=None)
+    return {**{k: (p, d) for k, (p, d, _) in files.items()}, "pages3": (pages, five[:3])}
+
+
+def test_multichannel_tiffs_read_with_a_channel_axis_and_show_as_channel_layers(tmp_path):
+    for name, (path, data) in _channel_tiffs(tmp_path).items():
+        pyr = open_image(path)
+
+        assert pyr.axes == "cyx" and pyr.shape == data.shape, name
+        np.testing.assert_array_equal(pyr.levels[0].compute(), data)
+        layers = read_layers(str(path))
+        (_, meta, kind), = layers
+        assert kind == "image" and meta["channel_axis"] == 0 and len(meta["name"]) == len(data), name
+
+
+def test_a_long_plain_stack_stays_a_stack(tmp_path):
+    tifffile.imwrite(tmp_path / "stack.tif", RNG.integers(0, 255, (12, 32, 32), dtype=np.uint8))
+
+    assert open_image(tmp_path / "stack.tif").axes == "tyx", "more planes than channels usually have: a stack"
+
+
+def test_viewer_opens_a_plain_five_channel_tiff_as_five_layers(make_napari_viewer, tmp_path):
+    path, data = _channel_tiffs(tmp_path)["plain5"]
+    viewer = make_napari_viewer()
+
+    viewer.open(str(path), plugin="napari-hires")
+
+    assert [layer.name for layer in viewer.layers] == [f"plain5 c{i}" for i in range(5)]
+    assert all(layer.data.shape == (96, 64) for layer in viewer.layers) and viewer.dims.ndim == 2
+
+
 def test_svs_like_file_uses_the_levels_of_series_0_and_mpp(tmp_path):
     data = RNG.integers(0, 255, (512, 384, 3), dtype=np.uint8)
     path = tmp_path / "slide.svs"
@@ -256,6 +347,84 @@ def test_svs_like_file_uses_the_levels_of_series_0_and_mpp(tmp_path):
     assert [lv.shape for lv in pyr.levels] == [(512, 384, 3), (256, 192, 3), (128, 96, 3)], "thumbnail is no level"
     assert pyr.scale[:2] == (0.499, 0.499) and pyr.units == {"y": "micrometer", "x": "micrometer"}
     np.testing.assert_array_equal(pyr.levels[2].compute(), data[::4, ::4])
+
+
+def _tiled_bigtiff(path: Path, side: int = 4096, tile: int = 256) -> np.ndarray:
+    """A single-level BigTIFF of noisy RGB in JPEG tiles, as slide scanners and converters write them."""
+    img = np.tile(RNG.integers(0, 255, (tile, tile, 3), dtype=np.uint8), (side // tile, side // tile, 1))
+    tifffile.imwrite(path, img, bigtiff=True, tile=(tile, tile), photometric="rgb", compression="jpeg")
+    return img
+
+
+def _tile_bytes(path: Path, rows: range, cols: range) -> int:
+    """Stored bytes of the tiles at (row, col) of the first page."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        across = -(-page.imagewidth // page.tilewidth)
+        return sum(page.databytecounts[r * across + c] for r in rows for c in cols)
+
+
+def test_single_level_tiled_bigtiff_opens_without_reading_tiles_and_zooms_out_lazily(tmp_path):
+    warm = tmp_path / "warm.tif"
+    _tiled_bigtiff(warm, side=2304)
+    read_layers(str(warm))[0][0][1][:8, :8].compute()  # first reads import modules: keep them out of the counts
+    path = tmp_path / "big.tif"
+    _tiled_bigtiff(path)
+    one_tile = _tile_bytes(path, range(1), range(1))
+
+    with ProcessReads() as opening, pytest.warns(UserWarning, match=r"big\.tif has no pyramid.*napari-hires pyramid"):
+        (levels, meta, kind), = read_layers(str(path))
+
+    assert opening.bytes < one_tile, "opening reads metadata only, no tile"
+    assert kind == "image" and meta["multiscale"] and meta["rgb"]
+    assert [lv.shape for lv in levels] == [(n, n, 3) for n in (4096, 2048, 1024, 512, 256)]
+    assert levels[0].chunksize == (256, 256, 3), "one dask chunk per TIFF tile"
+    under = _tile_bytes(path, range(4, 6), range(4, 6))
+    with ProcessReads() as region:
+        full = np.asarray(levels[0][1024:1536, 1024:1536])
+    assert under <= region.bytes < under + one_tile, "a 512 x 512 region reads the 4 tiles under it"
+    with ProcessReads() as coarse:
+        half = np.asarray(levels[1][512:768, 512:768])
+    assert under <= coarse.bytes < under + one_tile, "level 1 is computed from the tiles under the region only"
+    np.testing.assert_array_equal(half, downsample_mean(full))
+
+
+def test_viewer_shows_a_single_level_bigtiff_as_multiscale_and_hints_once(make_napari_viewer, tmp_path):
+    path = tmp_path / "scan.tif"
+    _tiled_bigtiff(path)
+    viewer = make_napari_viewer()
+
+    with pytest.warns(UserWarning, match=r"scan\.tif has no pyramid; zooming out reads the whole image") as hints:
+        viewer.open(str(path), plugin="napari-hires")
+        viewer.open(str(path), plugin="napari-hires")
+
+    assert len([w for w in hints if "no pyramid" in str(w.message)]) == 1, "the hint is given once per file"
+    layer = viewer.layers[0]
+    assert layer.multiscale and layer.rgb and len(layer.data) == 5 and layer.data[0].shape == (4096, 4096, 3)
+
+
+def test_small_strip_tiff_stays_one_level_without_a_hint(tmp_path, recwarn):
+    tifffile.imwrite(tmp_path / "small.tif", RNG.integers(0, 255, (2048, 1024), dtype=np.uint8))
+
+    (data, meta, _), = read_layers(str(tmp_path / "small.tif"))
+
+    assert not meta["multiscale"] and data.shape == (2048, 1024)
+    assert not [w for w in recwarn if "pyramid" in str(w.message)]
+
+
+def test_large_uncompressed_strip_tiff_is_read_in_tiles(tmp_path):
+    data = RNG.integers(0, 60000, (3000, 2500), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "strips.tif", data)
+    warm = tmp_path / "warm.tif"
+    tifffile.imwrite(warm, data[:2100, :2100])
+    open_image(warm).levels[0][:8, :8].compute()
+
+    pyr = open_image(tmp_path / "strips.tif")
+    with ProcessReads() as region:
+        block = pyr.levels[0][1000:1100, 1000:1100].compute()
+
+    np.testing.assert_array_equal(block, data[1000:1100, 1000:1100])
+    assert region.bytes < data.nbytes // 8, "not the whole image for a small region"
 
 
 def test_png_and_jpeg(tmp_path):
