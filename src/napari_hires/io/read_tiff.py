@@ -17,6 +17,9 @@ from napari_hires.io.readers import image_contrast, lazy_level
 _TIFF_AXES = {"T": "t", "C": "c", "Z": "z", "Y": "y", "X": "x", "S": "c"}
 #: Microns per unit of OME PhysicalSize*Unit.
 _UM_PER = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+#: An axis no metadata names (tifffile's "Q" for a plain ``imwrite`` of a (5, H, W) array, "I" for a run of pages)
+#: with 2 to this many planes is read as channels when the file has no channel axis; a longer one is a t or z stack.
+MAX_GUESSED_CHANNELS = 8
 
 
 def open_tiff(path: Path) -> Pyramid:
@@ -54,14 +57,18 @@ def open_tiff(path: Path) -> Pyramid:
 
 
 def _axes(tiff_axes: str, shape: tuple[int, ...], path: Path) -> tuple[tuple[Any, ...], str]:
-    """Index dropping singleton C/S and unknown axes, and our letters (other unknown axes become a free t or z)."""
+    """Index dropping singleton C/S and unknown axes, and our letters: the first unknown axis of 2 to
+    MAX_GUESSED_CHANNELS planes is c if nothing else is, other unknown axes become a free t or z."""
     index: list[Any] = []
     letters = ""
+    has_channels = any(letter in "CS" and size > 1 for letter, size in zip(tiff_axes, shape))
     for letter, size in zip(tiff_axes, shape):
         ours = _TIFF_AXES.get(letter)
         if size == 1 and (ours is None or letter in "CS"):
             index.append(0)
             continue
+        if ours is None and not has_channels and "c" not in letters and size <= MAX_GUESSED_CHANNELS:
+            ours = "c"
         if ours is None or ours in letters:
             free = [a for a in "tz" if a not in letters and a.upper() not in tiff_axes]
             if letter == "S" or not free:
