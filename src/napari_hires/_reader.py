@@ -19,13 +19,15 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
-    """The image layer(s) of each path, then one Labels layer per OME-Zarr ``labels/`` child."""
+    """The image layer(s) of each path, then one Labels layer per OME-Zarr ``labels/`` child; a large image without a
+    pyramid gets lazy coarser levels (see :mod:`napari_hires.io.overview`)."""
+    from napari_hires.io.overview import with_overview
     from napari_hires.io.readers import open_image, open_labels
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[LayerDataTuple] = []
     for p in paths:
-        layers += open_image(p).layer_data()
+        layers += with_overview(open_image(p)).layer_data()
         for labels in open_labels(p).values():
-            layers += labels.layer_data()
+            layers += with_overview(labels).layer_data()
     return layers

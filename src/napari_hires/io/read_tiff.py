@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ _UM_PER = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 #: An axis no metadata names (tifffile's "Q" for a plain ``imwrite`` of a (5, H, W) array, "I" for a run of pages)
 #: with 2 to this many planes is read as channels when the file has no channel axis; a longer one is a t or z stack.
 MAX_GUESSED_CHANNELS = 8
+#: A single-level, uncompressed, contiguous TIFF (stored as one strip: tifffile's store can only read it whole) wider or
+#: taller than this is memory-mapped instead and read in TILE x TILE chunks.
+STRIP_MAP_ABOVE = 2048
+TILE = 1024
 
 
 def open_tiff(path: Path) -> Pyramid:
@@ -40,7 +45,11 @@ def open_tiff(path: Path) -> Pyramid:
             "The file may be truncated or damaged: copy or export it again."
         ) from err
     index, axes = _axes(series.axes, series.shape, path)
-    levels = [lazy_level(a, f"{path} (level {i})", keep=tif)[index] for i, a in enumerate(arrays)]
+    mapped = _mapped(path, series, arrays)
+    stored = [mapped] if mapped is not None else [
+        lazy_level(a, f"{path} (level {i})", keep=tif) for i, a in enumerate(arrays)
+    ]
+    levels = [level[index] for level in stored]
     scale, units, channel_names = _physical(tif, axes, len(axes))
     n_channels = levels[0].shape[axes.index("c")] if "c" in axes else 0
     return Pyramid(
@@ -54,6 +63,25 @@ def open_tiff(path: Path) -> Pyramid:
         units=units,
         source=str(path),
     )
+
+
+def _mapped(path: Path, series: Any, arrays: list[zarr.Array]) -> da.Array | None:
+    """Level 0 memory-mapped in TILE chunks if it is the only level and one large uncompressed strip, else None."""
+    import tifffile
+
+    level = arrays[0]
+    if len(arrays) > 1 or series.dataoffset is None or level.chunks != level.shape:
+        return None
+    if max(level.shape) <= STRIP_MAP_ABOVE:
+        return None
+    try:
+        data = tifffile.memmap(path, series=0, mode="r")
+    except ValueError:  # not mappable as stored (e.g. bit order): the store reads it
+        return None
+    if data.shape != level.shape:
+        return None
+    chunks = tuple(TILE if n > STRIP_MAP_ABOVE else n for n in data.shape)
+    return da.from_array(data, chunks=chunks, name=f"napari-hires-map-{uuid.uuid4().hex}")
 
 
 def _axes(tiff_axes: str, shape: tuple[int, ...], path: Path) -> tuple[tuple[Any, ...], str]:

@@ -21,10 +21,13 @@ from napari_hires.io.pyramid import Pyramid
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
 FLAT_SUFFIXES = (".png", ".jpg", ".jpeg")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-#: A single-level image up to this many elements may be scanned for contrast limits when opened.
+#: A single-level image up to this many elements is scanned for contrast limits in a _STATS_WINDOW, a larger one in a
+#: _LEVEL0_WINDOW.
 SMALL_IMAGE = 4096 * 4096
 #: Side of the window of the coarsest level scanned for contrast limits (bounds the pixels read when opening).
 _STATS_WINDOW = 1024
+#: Side of the window at the centre of a large single level scanned instead (a handful of its tiles or chunks).
+_LEVEL0_WINDOW = 512
 
 
 def open_image(path: str | os.PathLike | Any) -> Pyramid:
@@ -212,16 +215,16 @@ def guess_axes(shape: tuple[int, ...], names: Any = None) -> str:
 def contrast_from_levels(levels: list[da.Array], axes: str) -> list[tuple[float, float]] | None:
     """Per-channel (0.1, 99.9) percentile limits from a bounded window of the coarsest level.
 
-    Level 0 is read only when it is the only level and small; a single large level gets None (napari then samples it).
+    A single large level (no coarser one to look at) is sampled in a small window at its centre, so that opening
+    reads a handful of its chunks and napari need not scan it.
     """
     coarsest = levels[-1]
-    if len(levels) == 1 and coarsest.size > SMALL_IMAGE:
-        return None
+    side = _LEVEL0_WINDOW if len(levels) == 1 and coarsest.size > SMALL_IMAGE else _STATS_WINDOW
     index: list[Any] = []
     for axis, size in zip(axes, coarsest.shape):
         if axis in "yx":
-            start = max(0, (size - _STATS_WINDOW) // 2)
-            index.append(slice(start, start + _STATS_WINDOW))
+            start = max(0, (size - side) // 2)
+            index.append(slice(start, start + side))
         elif axis == "c":
             index.append(slice(None))
         else:
