@@ -198,6 +198,23 @@ def test_complete_and_naturally_sparse_stores_give_no_missing_chunk_warning(tmp_
     assert _missing_chunk_warnings(sparse) == []
 
 
+def test_a_prediction_restricted_to_a_region_does_not_warn_until_a_written_chunk_is_deleted(tmp_path):
+    from napari_hires.engine.predict import predict
+    from napari_hires.io.synthetic import render_region
+
+    image = render_region(0, 4000, 5024, 6000, 7024, size=(16384, 16384))
+    out = tmp_path / "pred.zarr"
+    predict(image, "hct_tiny_seg_synthetic", out, region=(0, 512, 512, 1024), chunk=128, block=256, device="cpu")
+    written = sorted((out / "0" / "c").rglob("*/*"), key=lambda f: f.stat().st_size)
+    assert 0 < len(written) < 64, "blocks outside the region are left unwritten"
+    damaged = Path(shutil.copytree(out, tmp_path / "damaged.zarr"))
+    (damaged / written[-1].relative_to(out)).unlink()  # the chunk with the most detail
+
+    assert _missing_chunk_warnings(out) == []
+    (message,) = _missing_chunk_warnings(damaged)
+    assert "level 0: 1 of 64 chunks" in message
+
+
 # ---------------------------------------------------------------------------------------------- plain zarr
 def test_plain_zarr_array_is_one_level(tmp_path):
     data = RNG.integers(0, 255, (200, 300), dtype=np.uint8)
