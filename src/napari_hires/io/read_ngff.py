@@ -163,7 +163,7 @@ def _multiscale(root: _Root, path: str, attrs: dict, *, name: str, kind: str) ->
     _validate(attrs, kind, where)
     if root.dir is not None and where not in _checked_chunks:
         _checked_chunks.add(where)
-        _warn_missing_chunks(root.dir, path, arrays, [str(d["path"]) for d in datasets], axes, where)
+        _warn_missing_chunks(root.dir, level_paths, arrays, axes, where)
 
     levels = [lazy_level(a, root.where(p), chunk_files=True) for a, p in zip(arrays, level_paths)]
     scale, translation = _transform(ms, datasets[0], len(axes))
@@ -266,37 +266,36 @@ class MissingChunksWarning(UserWarning):
 
 #: Multiscale groups already checked for missing chunks in this process (each is checked, and warned about, once).
 _checked_chunks: set[str] = set()
-#: Reads of the neighbouring level allowed per group to tell a deleted chunk from one zarr left out as all fill value.
+#: Absent chunks per group checked by a read of the neighbouring level (a deleted chunk or one zarr left out as all
+#: fill value?); the rest are not reported.
 _VERIFY_AT_MOST = 32
 
 
-def _warn_missing_chunks(base: Path, path: str, arrays: list[zarr.Array], names: list[str], axes: str,
-                         where: str) -> None:
-    """Warn once if chunk (or shard) files of a local store are missing where the next level holds data.
+def _warn_missing_chunks(base: Path, level_paths: list[str], arrays: list[zarr.Array], axes: str, where: str) -> None:
+    """Warn if chunk (or shard) files of a local store are missing where the next level holds data.
 
     zarr stores no chunk that is all fill value, so an absent file alone proves nothing. A missing chunk is reported
     when the level next to it (coarser, or finer for the coarsest) is not all fill value in the same place: it had
-    data when the pyramid was built. Levels whose file count is complete cost one directory walk and nothing else;
-    single-level stores, inner chunks of shards and remote stores are not checked.
+    data when the pyramid was built. So sparse stores (a prediction restricted to a region or mask, labels with empty
+    background) do not warn. A level whose file count is complete costs one directory scan and nothing else (about
+    20 ms for the 5,500 files of a 32768^2 store in 512-px chunks); at most _VERIFY_AT_MOST absent chunks are
+    checked by a read. Single-level stores, inner chunks of shards and remote stores are not checked.
     """
     if len(arrays) < 2:
         return
     found = []
-    reads = [0]
-    for k, (arr, name) in enumerate(zip(arrays, names)):
+    budget = _VERIFY_AT_MOST
+    for k, (arr, level_path) in enumerate(zip(arrays, level_paths)):
         grid = _storage_grid(arr)
-        level_dir = base / path / name
-        present = _chunk_files(level_dir, arr)
-        if len(present) >= math.prod(grid):
+        present = _chunk_files(base / level_path)
+        if len(present) >= math.prod(grid) or budget == 0:
             continue
+        absent = [i for i in itertools.product(*map(range, grid)) if arr.metadata.encode_chunk_key(i) not in present]
         neighbour = arrays[k + 1] if k + 1 < len(arrays) else arrays[k - 1]
-        missing = sum(
-            _had_data(arr, index, neighbour, axes, reads)
-            for index in itertools.product(*(range(n) for n in grid))
-            if arr.metadata.encode_chunk_key(index) not in present
-        )
+        missing = sum(_had_data(arr, index, neighbour, axes) for index in absent[:budget])
+        budget -= min(budget, len(absent))
         if missing:
-            found.append(f"level {name}: {missing} of {math.prod(grid)} chunks")
+            found.append(f"level {level_path.rsplit('/', 1)[-1]}: {missing} of {math.prod(grid)} chunks")
     if found:
         warnings.warn(
             f"{where}: chunk files are missing ({'; '.join(found)}); those pixels read as the fill value (black). "
@@ -311,28 +310,30 @@ def _storage_grid(arr: zarr.Array) -> tuple[int, ...]:
     return tuple(-(-n // c) for n, c in zip(arr.shape, arr.shards or arr.chunks))
 
 
-def _chunk_files(level_dir: Path, arr: zarr.Array) -> set[str]:
+def _chunk_files(folder: Path | str, prefix: str = "") -> set[str]:
     """Keys (relative paths with "/") of the files under a level's directory, metadata excepted."""
-    keys = set()
-    for folder, _dirs, files in os.walk(level_dir):
-        rel = os.path.relpath(folder, level_dir)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        keys.update(prefix + f for f in files if f not in _META_FILES)
+    keys: set[str] = set()
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    keys |= _chunk_files(entry.path, f"{prefix}{entry.name}/")
+                elif entry.name not in _META_FILES:
+                    keys.add(prefix + entry.name)
+    except FileNotFoundError:
+        pass
     return keys
 
 
-def _had_data(arr: zarr.Array, index: tuple[int, ...], neighbour: zarr.Array, axes: str, reads: list[int]) -> bool:
-    """True when the region of missing chunk ``index`` is not all fill value in ``neighbour`` (a read, at most
-    _VERIFY_AT_MOST per group; a border pixel is left out, as smoothing downsamplers blur across chunk edges)."""
-    if reads[0] >= _VERIFY_AT_MOST:
-        return False
+def _had_data(arr: zarr.Array, index: tuple[int, ...], neighbour: zarr.Array, axes: str) -> bool:
+    """True when the region of absent chunk ``index`` is not all fill value in ``neighbour`` (a border pixel is left
+    out, as smoothing downsamplers blur across chunk edges)."""
     region = []
     for axis, i, c, n, m in zip(axes, index, arr.shards or arr.chunks, arr.shape, neighbour.shape):
         start, stop = i * c * m / n, min((i + 1) * c, n) * m / n
         if axis in "yx":
             start, stop = math.floor(start) + 1, math.ceil(stop) - 1
         region.append(slice(int(start), max(int(start) + 1, int(math.ceil(stop)))))
-    reads[0] += 1
     values = np.asarray(neighbour[tuple(region)])
     fill = arr.fill_value
     if values.dtype.kind == "f" and np.isnan(fill):
