@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,3 +353,37 @@ def test_engine_input_is_the_file_when_the_layer_shows_it(tmp_path):
     cropped = Image(np.asarray(data[0])[:256], rgb=True, metadata={"source": str(path)})
     assert isinstance(_layers.engine_input(cropped), np.ndarray)
     assert _layers.engine_input(Image(np.zeros((64, 64)))).shape == (64, 64)
+
+
+def test_output_set_to_the_input_store_is_an_error_and_the_input_is_kept(make_napari_viewer, qtbot, model_file,
+                                                                         tmp_path):
+    """Run with the output path set to the store the layer was read from (and overwrite ticked): a clear status
+    error, and not one byte of the input changed."""
+    import hashlib
+
+    from napari_hires.io.ome_zarr_writer import write_ome_zarr
+    from napari_hires.io.readers import open_image
+
+    image, labels = synthetic_slide((512, 512))
+    path = write_ome_zarr(image, tmp_path / "slide.zarr", labels={"truth": labels}, chunk=256)
+    files = lambda: {p: hashlib.sha1(p.read_bytes()).hexdigest()  # noqa: E731
+                     for p in sorted(Path(path).rglob("*")) if p.is_file()}
+    before = files()
+    viewer = make_napari_viewer()
+    (data, meta, _kind), = open_image(path).layer_data()
+    layer = viewer.add_image(data, **meta)
+    widget = RunModelWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image.value = layer
+    widget.model.value = MODEL_FILE
+    widget.model_file.value = model_file
+    widget.device.value = "cpu"
+    widget.tile.value, widget.overlap.value = SETTINGS["tile"], SETTINGS["overlap"]
+    widget.output.value = path
+    widget.overwrite.value = True
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith("error:") and "its own input" in widget.status.value
+    assert widget.result is None and widget.run_button.enabled
+    assert files() == before
+    settle(qtbot, widget)
