@@ -62,16 +62,19 @@ def predict_distributed(
     image, out = os.path.abspath(image_path), os.path.abspath(out)
     options = dict(level=level, region=region, tile=tile, overlap=overlap, block=block, chunk=chunk,
                    probabilities=probabilities)
-    plan = plan_prediction(image, model, out, overwrite=overwrite, **options)
+    plan = plan_prediction(image, model, out, overwrite=overwrite, **options)  # holds the output's lock
     cancel = cancel or CancelToken()
     pixels = tiles = tile_pixels = written = 0
-    if plan.todo:
-        plugin = BlockWorker(image, out, options, _model_spec(model, plan),
-                             dict(device=device, precision=precision, batch=batch))
-        pixels, tiles, tile_pixels, written = _schedule(client, plugin, plan, progress, cancel)
-    cancelled = written < len(plan.todo)
-    if not cancelled:
-        plan.spec.finish()
+    try:
+        if plan.todo:
+            plugin = BlockWorker(image, out, options, _model_spec(model, plan),
+                                 dict(device=device, precision=precision, batch=batch))
+            pixels, tiles, tile_pixels, written = _schedule(client, plugin, plan, progress, cancel)
+        cancelled = written < len(plan.todo)
+        if not cancelled:
+            plan.spec.finish()
+    finally:
+        plan.close()
     return PredictionResult(
         path=out, task=plan.net.task, pixels=pixels, seconds=time.perf_counter() - t0, tiles=tiles,
         tile_pixels=tile_pixels, blocks_done=written, blocks_skipped=plan.skipped,
@@ -196,7 +199,8 @@ class BlockWorker(WorkerPlugin):
 
         torch.set_num_threads(self.threads)
         try:
-            plan = plan_prediction(self.image, self._build_model(), self.out, overwrite=False, **self.options)
+            plan = plan_prediction(self.image, self._build_model(), self.out, overwrite=False, hold_lock=False,
+                                   **self.options)
         except OutputExistsError:
             raise HiresError(
                 f"a worker could not reopen the output {self.out} that the client created: it sees another input, "

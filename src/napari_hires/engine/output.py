@@ -72,6 +72,11 @@ class OutputSpec:
     def resumed(self) -> bool:
         return self.writers[0].resumed
 
+    @property
+    def complete(self) -> bool:
+        """The same job finished this store earlier: nothing is left to write."""
+        return self.writers[0].complete
+
     def block_boxes(self) -> list[tuple[tuple[int, int], Box]]:
         """((row, col), box) of every output block, row-major."""
         h, w = self.shape
@@ -113,6 +118,8 @@ class OutputSpec:
 
     def finish(self) -> None:
         """Derive the remaining coarser levels and write the NGFF metadata (the store is complete after this)."""
+        if self.complete:
+            return
         for writer in self.writers:
             writer.write(first=self.own_levels + 1)
         for writer in reversed(self.writers):  # the root last: its metadata says the whole store is complete
@@ -172,7 +179,7 @@ def create_output(
         writers.append(OmeZarrWriter(heat, out, chunk=chunk, derive_levels=True, overwrite=overwrite, run=run))
     root = writers[0].root
     rows, cols = math.ceil(shape[0] / block), math.ceil(shape[1] / block)
-    if writers[0].resumed and JOURNAL in root:
+    if (writers[0].resumed or writers[0].complete) and JOURNAL in root:
         journal = root[JOURNAL]
     else:
         journal = root.require_group("napari_hires_journal").create_array(
@@ -182,5 +189,7 @@ def create_output(
 
 
 def run_record(**facts: Any) -> dict[str, Any]:
-    """The JSON-able description of a job that decides whether an unfinished store may be resumed by it."""
+    """The JSON-able description of a job that decides whether an unfinished store may be resumed by it (and
+    whether a complete one is its own, finished): its settings, and its input's content
+    (:func:`napari_hires.io.job_identity.content_identity`, under ``content``)."""
     return json.loads(json.dumps({"store_format": STORE_FORMAT, **facts}, sort_keys=True, default=str))

@@ -26,6 +26,9 @@ from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
 from napari_hires.engine.source import ImageSource, as_source
 from napari_hires.engine.tiling import Box, TileLayout, context_box, layout_for, output_grid
 from napari_hires.errors import HiresError
+from napari_hires.io.job_identity import content_identity
+from napari_hires.io.output_lock import OutputLock, lock_output
+from napari_hires.io.output_path import check_output, check_writable
 from napari_hires.models.base import HiresModel
 
 #: progress(done_blocks, total_blocks, box): box is the output block just written (output level-0 pixels).
@@ -89,6 +92,17 @@ class PredictionPlan:
     stride: int
     todo: list[tuple[tuple[int, int], Box, Box]]  # (journal index, output box, input box to predict)
     skipped: int  # blocks an earlier run of the same job finished
+    lock: OutputLock | None = None  # this run's hold on the output, until close()
+
+    @property
+    def complete(self) -> bool:
+        """The same job finished the store earlier: nothing to predict, nothing to finish."""
+        return self.spec.complete
+
+    def close(self) -> None:
+        """Release the output for other runs (after finishing, cancelling or failing); idempotent."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def plan_prediction(
@@ -105,9 +119,18 @@ def plan_prediction(
     chunk: int = 512,
     probabilities: bool = False,
     overwrite: bool = False,
+    hold_lock: bool = True,
 ) -> PredictionPlan:
-    """Resolve the input and model, lay out tiles and blocks, and create (or reopen, to resume) the output store."""
+    """Resolve the input and model, lay out tiles and blocks, and create (or reopen, to resume) the output store.
+
+    The output is checked first (not the input, nor around or inside it; writable) and locked for this run: call
+    :meth:`PredictionPlan.close` when done. ``hold_lock=False`` is for the workers of a run whose client holds it.
+    A store begun by the same job resumes; one that the same job completed is reopened with nothing to do.
+    """
     source = as_source(image, level)
+    model_file = os.fspath(model) if isinstance(model, (str, os.PathLike)) and os.path.exists(model) else None
+    check_output(out, [source.path, model_file])
+    check_writable(out)
     net = resolve_model(model)
     channel_adapter(source.channels, net.in_channels, source.name)
     layout = layout_for(net, tile, overlap)
@@ -126,14 +149,21 @@ def plan_prediction(
         input=source.origin, shape=source.shape, dtype=str(source.dtype), model=getattr(net, "registry_name", None)
         or type(net).__name__, weights=weights_digest(net), task=net.task, tile=layout.tile, max_tile=layout.max_tile,
         margin=layout.margin, blend=layout.blend, block=block, chunk=chunk, probabilities=probabilities, region=region,
-        mask=None if mask is None else _mask_digest(mask),
+        mask=None if mask is None else _mask_digest(mask), content=content_identity(source.array, source.path),
     )
-    spec = create_output(
-        out, task=net.task, shape=out_shape, channels=net.out_channels, dtype=source.dtype, class_names=class_names,
-        class_colors=dict(card.class_colors) if card else {}, scale=tuple(s * factor for s in source.scale),
-        translation=source.translation, name=f"{source.name} ({getattr(net, 'registry_name', net.task)})",
-        chunk=chunk, block=block, probabilities=probabilities, overwrite=overwrite, run=run,
-    )
+    lock = lock_output(out) if hold_lock else None
+    try:
+        spec = create_output(
+            out, task=net.task, shape=out_shape, channels=net.out_channels, dtype=source.dtype,
+            class_names=class_names, class_colors=dict(card.class_colors) if card else {},
+            scale=tuple(s * factor for s in source.scale), translation=source.translation,
+            name=f"{source.name} ({getattr(net, 'registry_name', net.task)})", chunk=chunk, block=block,
+            probabilities=probabilities, overwrite=overwrite, run=run,
+        )
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     done = spec.done()
     todo, skipped = [], 0
     for index, box in spec.block_boxes():
@@ -144,7 +174,7 @@ def plan_prediction(
             skipped += 1
             continue
         todo.append((index, box, want))
-    return PredictionPlan(source, net, layout, spec, classify, stride, todo, skipped)
+    return PredictionPlan(source, net, layout, spec, classify, stride, todo, skipped, lock)
 
 
 def predict(
@@ -173,19 +203,24 @@ def predict(
 
     ``region`` (y0, y1, x0, x1 in pixels of that level) or ``mask`` (a 2-d boolean array at any resolution covering
     the image; blocks it leaves empty are skipped) limit the work. ``overlap`` defaults to the model's halo plus a
-    cross-fade and ``tile`` to the model's ``tile_size``. Rerunning the same call resumes an interrupted run;
-    ``overwrite`` starts again. ``live_pyramid`` refreshes the coarser levels under each block as it is written,
-    so that a viewer shows the result filling in at every zoom.
+    cross-fade and ``tile`` to the model's ``tile_size``. Rerunning the same call resumes an interrupted run (on
+    the same input content; a changed input is refused, saying what changed) and finds a finished one complete,
+    doing nothing; ``overwrite`` starts again. One run at a time writes an output (a lock beside it). ``live_pyramid``
+    refreshes the coarser levels under each block as it is written, so that a viewer shows the result filling in at
+    every zoom.
     """
     t0 = time.perf_counter()
     plan = plan_prediction(image, model, out, level=level, region=region, mask=mask, tile=tile, overlap=overlap,
                            block=block, chunk=chunk, probabilities=probabilities, overwrite=overwrite)
-    runner = TileRunner(plan.net, device=device, precision=precision, batch=batch)
-    job = BlockJob(plan, runner, cancel or CancelToken(), progress, live_pyramid=live_pyramid)
-    job.run(plan.todo, prefetch)
-    if not job.cancelled:
-        plan.spec.finish()
-    return job.result(str(out), time.perf_counter() - t0)
+    try:
+        runner = TileRunner(plan.net, device=device, precision=precision, batch=batch)
+        job = BlockJob(plan, runner, cancel or CancelToken(), progress, live_pyramid=live_pyramid)
+        job.run(plan.todo, prefetch)
+        if not job.cancelled:
+            plan.spec.finish()
+        return job.result(str(out), time.perf_counter() - t0)
+    finally:
+        plan.close()
 
 
 def _check_region(region: tuple[int, int, int, int], bounds: Box) -> Box:

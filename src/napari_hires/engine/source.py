@@ -25,6 +25,7 @@ class ImageSource:
     scale: tuple[float, float] = (1.0, 1.0)
     translation: tuple[float, float] = (0.0, 0.0)
     origin: str = ""  # where it came from (path and level), for run records and messages
+    path: str | None = None  # the file or store it was read from, if any (to identify its content, protect it)
 
     def __post_init__(self) -> None:
         for axis in self.axes:
@@ -84,7 +85,7 @@ def as_source(image: Pyramid | Any, level: int = 0) -> ImageSource:
             image.levels[level], image.axes, image.name,
             scale=(image.scale[iy] * fy, image.scale[ix] * fx),
             translation=(image.translation[iy], image.translation[ix]),
-            origin=f"{image.source or image.name} level {level}",
+            origin=f"{image.source or image.name} level {level}", path=image.source,
         )
     shape = getattr(image, "shape", None)
     if shape is None or len(shape) not in (2, 3):

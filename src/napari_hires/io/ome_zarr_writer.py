@@ -13,9 +13,9 @@ readers recognise as incomplete instead of one that looks whole.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
-import shutil
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -27,8 +27,10 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from napari_hires.errors import HiresError, OutputExistsError
-from napari_hires.io.build_state import MARKER
+from napari_hires.io.build_state import MARKER, RUN_RECORD
 from napari_hires.io.downsample import downsample_mean, downsample_mode
+from napari_hires.io.job_identity import describe_difference
+from napari_hires.io.output_path import check_output, check_writable, prepare_output
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.region_reader import RegionReader
 
@@ -110,9 +112,11 @@ def write_ome_zarr(
 class OmeZarrWriter:
     """A store being written: arrays created up front, levels filled block by block, NGFF metadata written last.
 
-    ``run`` identifies the job that writes the store (e.g. a prediction's inputs and settings). A store left
-    unfinished by the same ``run`` is reopened instead of refused, so that a killed job can resume; the caller
-    decides which level-0 blocks are still to do (see :mod:`napari_hires.engine`).
+    ``run`` identifies the job that writes the store (e.g. a prediction's inputs, their content and settings). A
+    store left unfinished by the same ``run`` is reopened instead of refused, so that a killed job can resume (the
+    caller decides which level-0 blocks are still to do, see :mod:`napari_hires.engine`), and one it completed is
+    reopened read-only as ``complete``; a store of another run is refused naming what differs. The output is
+    checked (:mod:`napari_hires.io.output_path`) before anything is written.
     """
 
     def __init__(
@@ -137,17 +141,27 @@ class OmeZarrWriter:
             if not name or "/" in name or name.startswith("."):
                 raise HiresError(f"label image name {name!r} is not a valid group name; use letters, digits, '-' or '_'")
             self.plans.append(_plan(label, f"labels/{name}", chunk, shard, derive_levels, min_size, n_levels))
-        for plan in self.plans:
-            _check_not_source(plan.pyramid, self.out)
-        state = {"state": "writing", **({"run": run} if run is not None else {})}
-        self.resumed = run is not None and _resumable(self.out, state)
-        if self.resumed:
-            self.root = zarr.open_group(str(self.out), mode="r+")
+        check_output(self.out, [plan.pyramid.source for plan in self.plans])
+        self.run = run
+        recorded = _recorded(self.out)
+        same = run is not None and recorded is not None and recorded[1] == run
+        #: Reopened: an unfinished store of the same run resumes; ``complete``: the same run already finished it.
+        self.resumed = same and recorded[0] == "writing"
+        self.complete = same and recorded[0] == "complete"
+        if same:
+            self.root = zarr.open_group(str(self.out), mode="r" if self.complete else "r+")
             self.arrays = {plan.path: _open_arrays(self.root, plan) for plan in self.plans}
-        else:
-            _prepare_output(self.out, overwrite)
-            self.root = zarr.open_group(str(self.out), mode="w-", zarr_format=3, attributes={MARKER: state})
-            self.arrays = {plan.path: _create_arrays(self.root, plan) for plan in self.plans}
+            return
+        if run is not None and recorded is not None and recorded[1] is not None and not overwrite:
+            done = "a complete store" if recorded[0] == "complete" else "an unfinished store"
+            raise OutputExistsError(f"{self.out} already exists, {done} of another job: "
+                                    f"{describe_difference(recorded[1], run)}; pass --overwrite (overwrite=True) to "
+                                    "start again, or choose another output path")
+        check_writable(self.out)
+        prepare_output(self.out, overwrite)
+        state = {"state": "writing", **({"run": run} if run is not None else {})}
+        self.root = zarr.open_group(str(self.out), mode="w-", zarr_format=3, attributes={MARKER: state})
+        self.arrays = {plan.path: _create_arrays(self.root, plan) for plan in self.plans}
 
     def write(self, progress: Progress = False, *, first: int = 0) -> None:
         """Fill every level from ``first`` on from its source (the caller has written the levels before it)."""
@@ -161,8 +175,10 @@ class OmeZarrWriter:
             close()
 
     def finish(self) -> None:
-        """Write and validate the NGFF metadata, which marks the store complete."""
-        _write_metadata(self.root, self.plans, self.arrays, self.labels)
+        """Write and validate the NGFF metadata, which marks the store complete (keeping the run record, so that a
+        rerun of the same job recognises the store as its own, finished)."""
+        if not self.complete:
+            _write_metadata(self.root, self.plans, self.arrays, self.labels, self.run)
 
 
 def add_labels(
@@ -198,7 +214,7 @@ def add_labels(
     if labels.yx_shape != target.yx_shape:
         raise HiresError(f"labels of {labels.yx_shape[0]} x {labels.yx_shape[1]} pixels do not fit {out} "
                          f"({target.yx_shape[0]} x {target.yx_shape[1]}); export labels made on this image")
-    _check_not_source(labels, out / "labels" / name)
+    check_output(out / "labels" / name, [labels.source])
     grid = {a: (target.scale[target.axes.index(a)], target.translation[target.axes.index(a)])
             for a in labels.axes if a in target.axes}
     labels = replace(
@@ -306,38 +322,19 @@ def _store_dtype(pyr: Pyramid) -> np.dtype:
     return dtype
 
 
-def _check_not_source(pyr: Pyramid, out: Path) -> None:
-    if pyr.source is None:
-        return
-    src, dst = Path(pyr.source).resolve(), out.resolve()
-    if src == dst or dst in src.parents:
-        raise HiresError(f"the output {out} would overwrite its own input {pyr.source}; choose another output path")
-
-
-def _prepare_output(out: Path, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``; then delete it only if it is a zarr store or empty."""
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
-    if not out.is_dir() or out.is_symlink():
-        raise OutputExistsError(f"{out} exists and is not a directory; refusing to replace it, choose another output path")
-    looks_zarr = any((out / name).exists() for name in ("zarr.json", ".zgroup", ".zarray"))
-    if not looks_zarr and any(out.iterdir()):
-        raise OutputExistsError(f"{out} is a non-empty directory but not a zarr store; refusing to delete it, "
-                                "choose another output path")
-    shutil.rmtree(out)
-
-
-def _resumable(out: Path, state: dict[str, Any]) -> bool:
-    """True when ``out`` is an unfinished store begun by the same run (same marker, same ``run`` record)."""
-    if not (out / "zarr.json").is_file():
-        return False
+def _recorded(out: Path) -> tuple[str, dict[str, Any] | None] | None:
+    """(state, run record) of a napari-hires store at ``out`` ("writing" or "complete"); None when there is none
+    (or its metadata is unreadable: then it is not ours to reopen)."""
     try:
-        attrs = zarr.open_group(str(out), mode="r").attrs.asdict()
-    except Exception:  # unreadable metadata: not ours to resume
-        return False
-    return attrs.get(MARKER) == state
+        attrs = json.loads((out / "zarr.json").read_text(encoding="utf-8")).get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    marker = attrs.get(MARKER)
+    if not isinstance(marker, dict) or marker.get("state") not in ("writing", "complete"):
+        return None
+    if marker["state"] == "writing":
+        return "writing", marker.get("run")
+    return "complete", attrs.get(RUN_RECORD)
 
 
 def _open_arrays(root: zarr.Group, plan: _Plan) -> list[zarr.Array]:
@@ -464,7 +461,7 @@ def _progress(progress: Progress, total: int, name: str) -> tuple[Callable[[], N
 
 
 def _write_metadata(root: zarr.Group, plans: list[_Plan], arrays: dict[str, list[zarr.Array]],
-                    labels: dict[str, Pyramid]) -> None:
+                    labels: dict[str, Pyramid], run: dict[str, Any] | None = None) -> None:
     """Build NGFF 0.5 metadata with ome-zarr-models, write it (labels first, root last) and validate the store."""
     from ome_zarr_models.v05 import Image, ImageLabel
     from ome_zarr_models.v05.labels import LabelsAttrs
@@ -477,13 +474,14 @@ def _write_metadata(root: zarr.Group, plans: list[_Plan], arrays: dict[str, list
         labels_attrs = LabelsAttrs(labels=list(labels), version="0.5")
         root["labels"].attrs.update({"ome": labels_attrs.model_dump(mode="json", by_alias=True, exclude_none=True)})
     image = plans[0]
+    done = {MARKER: {"state": "complete"}, **({RUN_RECORD: run} if run is not None else {})}
     if image.pyramid.kind == "labels":  # a standalone label image (e.g. a segmentation): image-label at the root
-        root.attrs.update({"ome": _label_ome(image, arrays[""], Image, ImageLabel, None), MARKER: {"state": "complete"}})
+        root.attrs.update({"ome": _label_ome(image, arrays[""], Image, ImageLabel, None), **done})
         ImageLabel.from_zarr(root)
         return
     ome = _multiscales(image, arrays[""], Image)
     ome["omero"] = _omero(image, arrays[""][-1])
-    root.attrs.update({"ome": ome, MARKER: {"state": "complete"}})
+    root.attrs.update({"ome": ome, **done})
     Image.from_zarr(root)
 
 

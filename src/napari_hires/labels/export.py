@@ -28,6 +28,7 @@ import dask.array as da
 import numpy as np
 
 from napari_hires.errors import HiresError, HiresWarning, OutputExistsError
+from napari_hires.io.output_path import check_output, check_writable, written_by_napari_hires
 from napari_hires.io.pyramid import Pyramid
 
 FORMATS = ("ome-zarr", "tiff", "geojson")
@@ -196,7 +197,8 @@ def export_labels(
         raise HiresError("no output path given; choose where to export the labels")
     out = Path(out).expanduser()
     _check_output(out, fmt, overwrite)
-    _check_not_source(pyr, out)
+    check_output(out, [pyr.source])
+    check_writable(out)
     if name:
         pyr = replace(pyr, name=name)
     if fmt == "tiff":
@@ -251,15 +253,9 @@ def _check_output(out: Path, fmt: str, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in ("zarr.json", ".zgroup", ".zarray")):
         raise OutputExistsError(f"{out} is a non-empty directory but not a zarr store; refusing to replace it, "
                                 "choose another output path")
-
-
-def _check_not_source(pyr: Pyramid, out: Path) -> None:
-    if pyr.source is None:
-        return
-    src, dst = Path(pyr.source).resolve(), out.resolve()
-    if src == dst or dst in src.parents:
-        raise HiresError(f"the output {out} would overwrite the labels being exported ({pyr.source}); "
-                         "choose another output path")
+    if out.is_dir() and any(out.iterdir()) and not written_by_napari_hires(out):
+        raise OutputExistsError(f"{out} is a zarr store that napari-hires did not write; refusing to replace it even "
+                                "with --overwrite: remove it yourself or choose another output path")
 
 
 @contextmanager

@@ -85,14 +85,24 @@ def save_trained(model: HiresModel, out: str | os.PathLike, card: ModelCard, *, 
     return path
 
 
-def _check_out(out: str | os.PathLike | None, overwrite: bool) -> None:
-    """Fail before training, not after, when the output exists."""
-    if out is None or overwrite:
+def _check_out(out: str | os.PathLike | None, overwrite: bool, inputs: Sequence[Any]) -> None:
+    """Fail before training, not after: an output that would write over an input (the image, the labels, the model
+    trained from), that cannot be written, or that exists (unless ``overwrite``)."""
+    if out is None:
         return
+    from napari_hires.io.output_path import check_output, check_writable
     from napari_hires.models.files import _paths
 
+    paths = []
+    for item in inputs:
+        path = item if isinstance(item, (str, os.PathLike)) else getattr(item, "source", None)
+        if path is not None:  # a model may be named by either file or their stem
+            paths.extend(p for p in (Path(path), *_paths(path)) if p.exists())
     weights, card_path = _paths(out)
-    if weights.exists() or card_path.exists():
+    for path in (weights, card_path):
+        check_output(path, paths)
+    check_writable(weights)
+    if not overwrite and (weights.exists() or card_path.exists()):
         raise OutputExistsError(f"{weights} already exists; choose another --out or pass --overwrite")
 
 
@@ -118,7 +128,7 @@ def fine_tune(
     """
     settings = settings or TrainSettings()
     settings.check()
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, [image, labels, model])
     net = _resolve(model)
     if net.task != "segmentation":
         raise HiresError(f"{_model_name(model)} is a {net.task} model; fine-tuning on labels needs a segmentation "
@@ -164,7 +174,7 @@ def train_self_supervised(
     """
     settings = replace(settings or TrainSettings(), intensity=False)
     settings.check()
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, [image, model])
     net = _resolve(model) if model is not None else _resolve(SELF_SUPERVISED_MODEL, **SELF_SUPERVISED_OVERRIDES)
     if net.task != "restoration":
         raise HiresError(f"{_model_name(model or SELF_SUPERVISED_MODEL)} is a {net.task} model; self-supervised "

@@ -67,32 +67,35 @@ def run_steps(image: Any, model: Any, out: str, *, region: _layers.Region | None
 
     start = time.perf_counter()
     plan = plan_prediction(image, model, out, region=region, tile=tile, overlap=overlap, overwrite=overwrite)
-    yield ("plan", plan)
-    runner = TileRunner(plan.net, device=device, precision=precision, batch=batch)
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    job = BlockJob(plan, runner, cancel, lambda done, total, box: events.put(("block", done, total, box)),
-                   live_pyramid=True)
-    failure: list[BaseException] = []
+    try:
+        yield ("plan", plan)
+        runner = TileRunner(plan.net, device=device, precision=precision, batch=batch)
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        job = BlockJob(plan, runner, cancel, lambda done, total, box: events.put(("block", done, total, box)),
+                       live_pyramid=True)
+        failure: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            job.run(plan.todo, prefetch)
-        except BaseException as err:  # re-raised in the worker below, where napari reports it
-            failure.append(err)
-        finally:
-            events.put(None)
+        def work() -> None:
+            try:
+                job.run(plan.todo, prefetch)
+            except BaseException as err:  # re-raised in the worker below, where napari reports it
+                failure.append(err)
+            finally:
+                events.put(None)
 
-    thread = threading.Thread(target=work, name="hires-run-blocks", daemon=True)
-    thread.start()
-    while (event := events.get()) is not None:
-        yield event
-    thread.join()
-    if failure:
-        raise failure[0]
-    if not job.cancelled:
-        yield ("finishing",)
-        plan.spec.finish()
-    return job.result(str(out), time.perf_counter() - start)
+        thread = threading.Thread(target=work, name="hires-run-blocks", daemon=True)
+        thread.start()
+        while (event := events.get()) is not None:
+            yield event
+        thread.join()
+        if failure:
+            raise failure[0]
+        if not job.cancelled and not plan.complete:
+            yield ("finishing",)
+            plan.spec.finish()
+        return job.result(str(out), time.perf_counter() - start)
+    finally:
+        plan.close()  # the output is free for other runs however this one ends
 
 
 class RunModelWidget(QWidget):
