@@ -130,3 +130,20 @@ def test_cli_runs_on_an_existing_scheduler(client, image, model, local, tmp_path
     assert main(argv) == 0
     assert f"blocks: {BLOCKS} done, 0 skipped of {BLOCKS}" in capsys.readouterr().out
     assert_same_store(local.path, out)
+
+
+def test_a_cluster_run_takes_the_output_lock_and_its_workers_do_not(client, image, model, local, tmp_path):
+    """Refused while another run holds the output, naming it; once free, the client holds the lock and its worker
+    processes (which reopen the store) are not refused by it."""
+    import os
+
+    from napari_hires.io.output_lock import OutputBusyError, lock_output
+
+    out = tmp_path / "locked.zarr"
+    with lock_output(out):
+        with pytest.raises(OutputBusyError, match=f"pid {os.getpid()}"):
+            predict_distributed(image, model, out, client=client, **SETTINGS)
+    result = predict_distributed(image, model, out, client=client, **SETTINGS)
+    assert result.blocks_done == BLOCKS and not result.cancelled
+    assert_same_store(local.path, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked.zarr"]
