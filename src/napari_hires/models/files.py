@@ -9,7 +9,7 @@ import torch
 
 from napari_hires.errors import HiresError
 from napari_hires.models.base import HiresModel
-from napari_hires.models.card import ModelCard
+from napari_hires.models.card import ModelCard, Normalization
 from napari_hires.models.registry import create_model
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -43,6 +43,7 @@ def card_for(model: HiresModel, **fields) -> ModelCard:
         in_channels=model.in_channels,
         out_channels=model.out_channels,
         overrides=dict(getattr(model, "registry_overrides", {})),
+        normalization=Normalization(mean=[0.5] * model.in_channels, std=[0.25] * model.in_channels),
         input_multiple=facts["input_multiple"],
         halo=facts["halo"],
         tile_size=facts["tile_size"],
@@ -61,6 +62,7 @@ def save_model(model: HiresModel, path: str | os.PathLike, card: ModelCard | Non
     if weights.suffix != ".safetensors":
         raise HiresError(f"model files are saved as .safetensors, not {weights.suffix}: use {weights.with_suffix('.safetensors')}")
     card = card or getattr(model, "card", None) or card_for(model)
+    card.validate(str(card_path))  # a card that would not load is refused now, not when the file is next opened
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     weights.parent.mkdir(parents=True, exist_ok=True)
     tmp_w, tmp_c = weights.with_name(weights.name + ".partial"), card_path.with_name(card_path.name + ".partial")
