@@ -23,11 +23,11 @@ import torch
 
 from napari_hires.io.synthetic import CLASS_COLORS, CLASS_NAMES, DEFAULT_SIZE, NOISE_SIGMA, render_labels, render_region
 from napari_hires.engine.halo import HaloMeasurement, measure_halo
-from napari_hires.models import create_model, count_parameters, load_model
+from napari_hires.models import count_parameters, create_model, load_model, save_model
 from napari_hires.training import TrainSettings, evaluate_restoration, evaluate_segmentation, train
 from napari_hires.training.losses import restoration_objective, segmentation_objective
 from napari_hires.training.sampling import Patch, PairedTileSampler, TileSampler, to_classes
-from napari_hires.training.trainer import save_trained, trained_card
+from napari_hires.training.trainer import trained_card
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "napari_hires" / "weights"
 #: Level-0 training regions (y0, y1, x0, x1) of the default slide, chosen to hold all four classes.
@@ -146,12 +146,10 @@ def remeasure_halos(out: Path, keys: list[str], data: dict) -> None:
 
 
 def ship(model: torch.nn.Module, path: Path, card) -> None:
-    """Save the model file, then store its floating tensors as float16 (load_model casts them back to float32)."""
-    from safetensors.torch import load_file, save_file
-
-    weights = save_trained(model, path, card, overwrite=True)
-    tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-    save_file(tensors, str(weights), metadata={"format": "pt", "architecture": card.architecture})
+    """Save the model file with its floating tensors stored as float16 (load_model casts them back to float32); the
+    card records the digest of those float16 weights."""
+    save_model(model, path, card, floats=torch.float16)
+    model.card = card
 
 
 def train_segmenter(key: str, seed: int, out: Path, data: dict) -> dict:

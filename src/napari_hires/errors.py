@@ -15,3 +15,7 @@ class OutputExistsError(HiresError, FileExistsError):
 
 class HiresWarning(UserWarning):
     """Something done differently from what was asked, for a stated reason (the CLI prints it as one line)."""
+
+
+class UnverifiedWeightsWarning(HiresWarning):
+    """A model file whose card records no digest of its weights (older or hand-made), so damage goes unnoticed."""

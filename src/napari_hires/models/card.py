@@ -43,6 +43,7 @@ class ModelCard:
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""  # digest of the weights file, written by save_model and checked by load_model
     version: int = CARD_VERSION
 
     def to_json(self) -> str:
@@ -129,6 +130,9 @@ class ModelCard:
         for name in ("tiling", "description"):
             if not isinstance(getattr(self, name), str):
                 refuse(name, getattr(self, name), "text")
+        digest = self.weights_sha256
+        if not isinstance(digest, str) or digest and (len(digest) != 64 or set(digest) - set("0123456789abcdef")):
+            refuse("weights_sha256", digest, "64 hexadecimal digits (a sha256), or absent")
         if not _whole(self.version) or not 1 <= self.version <= CARD_VERSION:
             refuse("version", self.version, f"a whole number from 1 to {CARD_VERSION}")
         return self

@@ -1,18 +1,23 @@
-"""Model files: ``NAME.safetensors`` (weights) beside ``NAME.json`` (the card). Nothing is ever unpickled."""
+"""Model files: ``NAME.safetensors`` (weights) beside ``NAME.json`` (the card, which records the weights' sha256, checked
+on loading). Nothing is ever unpickled."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
-from napari_hires.errors import HiresError
+from napari_hires.errors import HiresError, UnverifiedWeightsWarning
 from napari_hires.models.base import HiresModel
 from napari_hires.models.card import ModelCard, Normalization
 from napari_hires.models.registry import create_model
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+#: Cards already warned about for recording no digest (once per file and process).
+_UNVERIFIED: set[str] = set()
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -54,23 +59,65 @@ def card_for(model: HiresModel, **fields) -> ModelCard:
     return card
 
 
-def save_model(model: HiresModel, path: str | os.PathLike, card: ModelCard | None = None) -> Path:
-    """Write weights (safetensors) and card (JSON) atomically; returns the weights path."""
-    from safetensors.torch import save_file
+def save_model(model: HiresModel, path: str | os.PathLike, card: ModelCard | None = None,
+               floats: torch.dtype | None = None) -> Path:
+    """Write weights (safetensors) and card (JSON) atomically; returns the weights path.
+
+    The card records the sha256 of the weights file (``card.weights_sha256`` is set), which loading checks. Both
+    files get the permissions of any new file (the umask's), so that the workers of a shared cluster can read them.
+    ``floats`` stores floating tensors as that dtype (float16 halves a file; loading casts back to the model's).
+    """
+    from safetensors.torch import save
 
     weights, card_path = _paths(path)
     if weights.suffix != ".safetensors":
         raise HiresError(f"model files are saved as .safetensors, not {weights.suffix}: use {weights.with_suffix('.safetensors')}")
     card = card or getattr(model, "card", None) or card_for(model)
     card.validate(str(card_path))  # a card that would not load is refused now, not when the file is next opened
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if floats is not None:
+        tensors = {k: v.to(floats) if v.is_floating_point() else v for k, v in tensors.items()}
+    blob = save(tensors, metadata={"format": "pt", "architecture": card.architecture})
+    card.weights_sha256 = hashlib.sha256(blob).hexdigest()
     weights.parent.mkdir(parents=True, exist_ok=True)
     tmp_w, tmp_c = weights.with_name(weights.name + ".partial"), card_path.with_name(card_path.name + ".partial")
-    save_file(tensors, str(tmp_w), metadata={"format": "pt", "architecture": card.architecture})
-    tmp_c.write_text(card.to_json())
-    os.replace(tmp_w, weights)
-    os.replace(tmp_c, card_path)
+    try:
+        tmp_w.write_bytes(blob)  # an ordinary file write: the umask's permissions, OSError on a full disk
+        tmp_c.write_text(card.to_json())
+        os.replace(tmp_w, weights)
+        os.replace(tmp_c, card_path)
+    finally:
+        tmp_w.unlink(missing_ok=True)
+        tmp_c.unlink(missing_ok=True)
     return weights
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (hex), read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights(weights: Path, card_path: Path, card: ModelCard) -> None:
+    """Refuse weights whose sha256 differs from the card's; warn once per file when the card records none."""
+    if not card.weights_sha256:
+        if str(card_path) not in _UNVERIFIED:
+            _UNVERIFIED.add(str(card_path))
+            warnings.warn(f"{card_path} records no digest of its weights, so {weights} cannot be verified; save the "
+                          "model again (napari_hires.models.save_model) to record one", UnverifiedWeightsWarning,
+                          stacklevel=3)
+        return
+    found = file_digest(weights)
+    if found != card.weights_sha256:
+        raise HiresError(
+            f"{weights} does not match the sha256 its card {card_path} records ({found[:16]}... instead of "
+            f"{card.weights_sha256[:16]}...): the file was damaged or changed after it was saved; copy both files "
+            "again from where they came from or, if the weights were changed on purpose, re-import them (save a "
+            "model holding them with napari_hires.models.save_model)"
+        )
 
 
 def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
@@ -129,6 +176,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
             "channels; save models with napari_hires.models.save_model, or write the card beside the weights."
         )
     card = ModelCard.read(card_path)
+    verify_weights(weights, card_path, card)
     model = create_model(card.architecture, **card.overrides)
     if model.in_channels != card.in_channels or model.out_channels != card.out_channels:
         raise HiresError(
