@@ -166,3 +166,19 @@ def test_unusable_layers_and_views_are_explained(make_napari_viewer, qtbot, stor
     widget.edit_button.native.click()
     assert "napari-hires pyramid" in widget.status.value and widget.edit_layer is None
     assert widget.commit_button.enabled is False
+
+
+def test_a_label_beyond_the_class_table_is_refused_and_the_store_kept(make_napari_viewer, qtbot, store_path, truth,
+                                                                       tmp_path):
+    viewer = make_napari_viewer(show=True)
+    layer, widget = _open(viewer, store_path, qtbot)
+    viewer.camera.center = (1100.0, 900.0)
+    viewer.camera.zoom = 4.0
+    qtbot.wait(50)
+    edit, window = _edit_here(widget, qtbot)
+    edit.brush_size = 9
+    edit.paint((20, 20), 9)  # the store's classes are 0-3
+    _saved(widget, qtbot)
+    assert "error: label values 9 are not in the class table" in widget.status.value
+    assert "3 nucleus" in widget.status.value
+    _assert_store_holds(store_path, truth, tmp_path)
