@@ -66,7 +66,7 @@ def test_new_classes_extend_the_table_explicitly(four_classes):
         reopened.add_classes({12: ""})
 
 
-def test_values_already_in_the_region_and_stores_without_a_table_are_accepted(tmp_path):
+def test_values_the_store_already_holds_and_stores_without_a_table_are_accepted(tmp_path):
     data = np.zeros((256, 256), np.uint8)
     data[:50, :50] = 3
     named = Pyramid([da.from_array(data)], "yx", (1.0, 1.0), (0.0, 0.0), kind="labels", class_names={1: "stroma"})
@@ -74,8 +74,10 @@ def test_values_already_in_the_region_and_stores_without_a_table_are_accepted(tm
     window = store.checkout(0, 100, 0, 100)
     window[60:70, 60:70] = 1
     store.commit(0, 0, window)  # the 3s were there before: committing them back is no new value
-    with pytest.raises(HiresError, match="label values 3 are not in the class table"):
-        store.commit(200, 200, np.full((8, 8), 3, np.uint8))  # but painting them elsewhere is
+    store.commit(200, 200, np.full((8, 8), 3, np.uint8))  # nor is painting 3 elsewhere: the store holds it
+    with pytest.raises(HiresError, match=r"label values 4 are not in the class table .*\(0 unlabelled, 1 stroma\) "
+                                         "nor in the store"):
+        store.commit(200, 200, np.full((8, 8), 4, np.uint8))
     plain = Pyramid([da.from_array(data)], "yx", (1.0, 1.0), (0.0, 0.0), kind="labels")
     store = LabelStore.open(write_ome_zarr(plain, tmp_path / "plain.zarr", **LAYOUT))
     store.commit(200, 200, np.full((8, 8), 9, np.uint8))  # no class table: any value

@@ -491,7 +491,7 @@ def _label_ome(plan: _Plan, arrays: list[zarr.Array], image_model: Any, label_mo
     from ome_zarr_models.v05.image_label_types import Label
 
     extra = {"source": {"image": source}} if source else {}
-    label = Label.model_validate({**_label_display(plan.pyramid), "version": "0.5", **extra})
+    label = Label.model_validate({**label_display(plan.pyramid), "version": "0.5", **extra})
     return {**_multiscales(plan, arrays, image_model),
             "image-label": label.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
@@ -526,7 +526,7 @@ def _multiscales(plan: _Plan, arrays: list[zarr.Array], image_model: Any) -> dic
     return model.attributes.ome.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _label_display(pyr: Pyramid) -> dict[str, Any]:
+def label_display(pyr: Pyramid) -> dict[str, Any]:
     """image-label colors (0-255 RGBA) and properties (class names) for every label value that has either."""
     values = sorted(set(pyr.class_names) | set(pyr.class_colors))
     if not values:

@@ -8,11 +8,13 @@ starts and cleared when the pyramid is in step again, so a crash mid-commit is r
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +25,7 @@ import zarr
 from napari_hires.errors import HiresError
 from napari_hires.geometry import Box
 from napari_hires.io.build_state import is_incomplete
+from napari_hires.io.ome_zarr_writer import label_display
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.pyramid_update import update_levels
 
@@ -30,6 +33,8 @@ from napari_hires.io.pyramid_update import update_levels
 MAX_SIDE = 4096
 #: File in the label image's directory naming the level-0 box of a commit in progress (absent when in step).
 JOURNAL = "napari_hires_edit.json"
+#: Largest level (pixels) searched for a label value the class table lacks, before a commit holding it is refused.
+SCAN_PIXELS = 16 * 2**20
 
 
 def _convert_hint(path: Path) -> str:
@@ -45,6 +50,7 @@ class LabelStore:
         self.axes = axes
         self.pyramid = pyramid  # the read-only Pyramid from napari_hires.io (class names, colours, scale)
         self._lock = threading.Lock()
+        self._held: set[int] = set()  # label values outside the class table found in the store (see _check_classes)
         self._iy, self._ix = axes.index("y"), axes.index("x")
 
     # ------------------------------------------------------------------------------------------------ opening
@@ -153,19 +159,89 @@ class LabelStore:
         return Box(*bounds), clipped
 
     # ------------------------------------------------------------------------------------------------ writing
-    def commit(self, y0: int, x0: int, data: np.ndarray) -> Box:
-        """Write ``data`` to level 0 at (y0, x0) and recompute the covering region of every coarser level."""
+    def commit(self, y0: int, x0: int, data: np.ndarray, new_classes: dict[int, str] | None = None) -> Box:
+        """Write ``data`` to level 0 at (y0, x0) and recompute the covering region of every coarser level.
+
+        Labels must be in the store's class table (or 0, unlabelled); ``new_classes`` ({value: name}) adds classes to
+        it first (see :meth:`add_classes`). A store without a class table takes any label.
+        """
         data = np.asarray(data)
         if data.ndim != 2:
             raise HiresError(f"labels to commit must be 2-D (y, x), got shape {data.shape}")
         box = self._check_box(Box(y0, y0 + data.shape[0], x0, x0 + data.shape[1]))
         data = self._fit_dtype(data)
         with self._lock:
+            if new_classes:
+                self._add_classes(new_classes)
+            self._check_classes(box, data)
             self._write_journal(box)
             self.arrays[0][self._index(box)] = data.reshape(self._sel_shape(box))
             self._update_pyramid(box)
             (self.path / JOURNAL).unlink()
         return box
+
+    def add_classes(self, classes: dict[int, str]) -> None:
+        """Add ``classes`` ({label value: name}) to the store's class table (its image-label properties), so that
+        commits may use those values; naming a value that already has another name is refused."""
+        with self._lock:
+            self._add_classes(classes)
+
+    def _add_classes(self, classes: dict[int, str]) -> None:
+        names, info, new = self.class_names, np.iinfo(self.dtype), {}
+        for value, name in classes.items():
+            if not isinstance(name, str) or not name.strip():
+                raise HiresError(f"class names must be non-empty text, got {name!r} for label {value}")
+            if not isinstance(value, (int, np.integer)) or not info.min <= value <= info.max:
+                raise HiresError(f"label {value!r} for class {name!r} must be a whole number from {info.min} to "
+                                 f"{info.max} (the {self.dtype} store {self.path})")
+            if names.get(int(value), name) != name:
+                raise HiresError(f"label {value} is already class {names[int(value)]!r} in {self.path}; choose "
+                                 f"another value for {name!r}")
+            if int(value) not in names:
+                new[int(value)] = name
+        if not new:
+            return
+        colors = self.class_colors
+        if colors:  # NGFF wants a colour for every named label when there are colours
+            colors.update({v: _new_color(v) for v in new})
+        pyramid = replace(self.pyramid, class_names={**names, **new}, class_colors=colors)
+        group = zarr.open_group(str(self.path), mode="r+")
+        attrs = group.attrs.asdict()
+        v3 = group.metadata.zarr_format == 3
+        ome = attrs.get("ome", {}) if v3 else attrs
+        image_label = {**(ome.get("image-label") or {}), **label_display(pyramid)}
+        if v3:
+            group.attrs["ome"] = {**ome, "image-label": image_label}
+        else:
+            group.attrs["image-label"] = image_label
+        self.pyramid = pyramid
+
+    def _check_classes(self, box: Box, data: np.ndarray) -> None:
+        """Refuse labels outside the class table, unless the store already holds them (one written by another tool
+        may hold values its table does not name): in the region they replace, or in its levels of up to
+        SCAN_PIXELS."""
+        names, table = self.class_names, set(self.class_names) | set(self.class_colors)
+        if not table:
+            return  # no class table: any label
+        outside = ~np.isin(data, sorted(table | {0} | self._held))
+        if not outside.any():
+            return
+        values = np.unique(data[outside])
+        values = values[~np.isin(values, self.checkout(*box))]
+        for level in reversed(self.arrays):
+            if not values.size or math.prod(level.shape) > SCAN_PIXELS:
+                break
+            held = np.isin(values, np.asarray(level[...]))
+            self._held.update(int(v) for v in values[held])
+            values = values[~held]
+        if not values.size:
+            return
+        listed = ([] if 0 in table else ["0 unlabelled"]) + [f"{v} {names.get(v, '(no name)')}" for v in sorted(table)]
+        raise HiresError(
+            f"label values {', '.join(str(v) for v in values)} are not in the class table of {self.path} "
+            f"({', '.join(listed)}) nor in the store; paint one of those classes, or add the class to the store first "
+            f"(LabelStore.add_classes({{{values[0]}: 'name'}}), or commit(..., new_classes=...))"
+        )
 
     def _update_pyramid(self, box: Box) -> None:
         update_levels(self.arrays, *box, axes=self.axes, labels=True)
@@ -213,6 +289,11 @@ class LabelStore:
 
     def _sel_shape(self, box: Box) -> tuple[int, ...]:
         return tuple({"y": box.shape[0], "x": box.shape[1]}.get(a, 1) for a in self.axes)
+
+
+def _new_color(value: int) -> tuple[float, float, float, float]:
+    """A colour for a class added to a store: hues spread by the golden ratio, so neighbouring labels differ."""
+    return (*colorsys.hsv_to_rgb((value * 0.618034) % 1.0, 0.7, 0.95), 1.0)
 
 
 def _label_names(group: zarr.Group) -> list[str]:
