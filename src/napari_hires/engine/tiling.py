@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from napari_hires.errors import HiresError
 from napari_hires.geometry import Box
 
 #: Weight of distrusted pixels: not zero, so that a pixel every tile distrusts still gets a (blended) value.
@@ -73,13 +74,20 @@ class TileLayout:
         With ``stretch``, tiles of a model that tiles exactly may grow by up to a quarter to fit a region.
         """
         if tile < 1:
-            raise ValueError(f"tile must be positive, got {tile}")
-        tile = math.ceil(tile / multiple) * multiple
+            raise HiresError(f"tile must be positive, got {tile}")
+        asked, tile = tile, math.ceil(tile / multiple) * multiple
         exact = receptive_field <= 2 * halo + 1
+        given = overlap is not None
         if overlap is None:
             overlap = 2 * halo + (0 if exact else max(MIN_BLEND, halo // 2, tile // 16))
         if not 0 <= overlap < tile:
-            raise ValueError(f"overlap {overlap} must be at least 0 and smaller than the tile ({tile})")
+            size = f"{tile} px" + (f", {asked} rounded up to a multiple of {multiple}" if asked != tile else "")
+            if given:
+                raise HiresError(f"overlap {overlap} px must be smaller than the tile ({size}) and not negative, so "
+                                 "that neighbouring tiles advance; choose a smaller overlap or a larger tile")
+            fade = "" if exact else " plus a cross-fade"
+            raise HiresError(f"the model's overlap of {overlap} px (twice its halo of {halo} px{fade}) does not fit in "
+                             f"a tile of {size}; choose a larger tile")
         margin = min(halo, overlap // 2)  # the rest of the overlap is cross-faded
         grow = stretch and exact and overlap == 2 * halo
         max_tile = math.ceil(tile * STRETCH / multiple) * multiple if grow else tile
