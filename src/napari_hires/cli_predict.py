@@ -123,9 +123,12 @@ def _check_before_cluster(image: str, model: str) -> None:
 @contextlib.contextmanager
 def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     """A dask Client on a fresh LocalCluster of ``workers`` processes, or on the scheduler at ``scheduler``."""
-    from distributed import Client, LocalCluster
+    from napari_hires.errors import HiresError, missing_extra
 
-    from napari_hires.errors import HiresError
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise missing_extra("distributed", "dask.distributed", "--workers or --scheduler") from err
 
     if workers:
         threads = max(1, (os.cpu_count() or 1) // workers)

@@ -13,6 +13,16 @@ class OutputExistsError(HiresError, FileExistsError):
     """An output path already holds data and ``overwrite`` was not given."""
 
 
+class MissingDependencyError(HiresError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def missing_extra(extra: str, package: str, purpose: str) -> MissingDependencyError:
+    """The error for ``purpose`` needing ``package``, which ``pip install 'napari-hires[EXTRA]'`` installs."""
+    return MissingDependencyError(f"{purpose} needs {package}, which is not installed: "
+                                  f"pip install 'napari-hires[{extra}]'")
+
+
 class HiresWarning(UserWarning):
     """Something done differently from what was asked, for a stated reason (the CLI prints it as one line)."""
 

@@ -16,12 +16,16 @@ import time
 import uuid
 from typing import Any
 
-from distributed import Client, WorkerPlugin, as_completed, get_worker
-from distributed.scheduler import KilledWorker
+from napari_hires.errors import HiresError, OutputExistsError, missing_extra
+
+try:
+    from distributed import Client, WorkerPlugin, as_completed, get_worker
+    from distributed.scheduler import KilledWorker
+except ImportError as err:
+    raise missing_extra("distributed", "dask.distributed", "running on a dask cluster") from err
 
 from napari_hires.engine.predict import PredictionPlan, PredictionResult, Progress, plan_prediction
 from napari_hires.engine.runner import CancelToken
-from napari_hires.errors import HiresError, OutputExistsError
 
 #: Seconds to wait for a cluster that has no workers yet before giving up.
 WORKER_WAIT = 60.0
