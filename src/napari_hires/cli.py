@@ -6,13 +6,17 @@ Each sub-command imports what it needs only when it runs, so ``napari-hires --he
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import os
 import sys
-from typing import Callable, Sequence
+import warnings
+from typing import Callable, Iterator, Sequence
 
 from napari_hires.cli_export import add_export_parser
 from napari_hires.cli_predict import add_predict_parser
 from napari_hires.cli_train import add_train_parser
-from napari_hires.errors import HiresError
+from napari_hires.errors import HiresError, UnverifiedWeightsWarning
 
 
 def _size(text: str) -> int:
@@ -102,10 +106,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: errno of a failed write -> (what happened, what to do).
+WRITE_ERRORS = {
+    errno.EROFS: ("read-only file system", "choose another output"),
+    errno.EACCES: ("permission denied", "choose another output or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "choose another output or fix its permissions"),
+    errno.ENOSPC: ("no space left on device", "free space or choose another output"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or choose another output"),
+}
+#: The arguments naming each sub-command's output (the first one given counts); "output" for the others.
+OUTPUT_ARGS = {"demo": ("screenshot",), "train": ("out",), "export": ("output", "image")}
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and every exception behind it: causes, contexts and the members of exception groups (zarr writes
+    through asyncio, which wraps what failed), each once."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        item = todo.pop(0)
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        todo += [item.__cause__, item.__context__, *getattr(item, "exceptions", ())]
+
+
+def _inside(path: str, output: str) -> bool:
+    path, output = os.path.abspath(path), os.path.abspath(output)
+    return path == output or path.startswith(output.rstrip(os.sep) + os.sep)
+
+
+def write_error(err: BaseException, output: str | None) -> str | None:
+    """One line for a failed write (read-only, permissions, full disk, quota) found anywhere behind ``err``, naming
+    the output and the file that failed; None when ``err`` holds no such failure."""
+    for item in _chain(err):
+        if not isinstance(item, OSError) or item.errno not in WRITE_ERRORS:
+            continue
+        what, todo = WRITE_ERRORS[item.errno]
+        where = os.fsdecode(item.filename) if item.filename is not None else None
+        if (item.errno in (errno.EACCES, errno.EPERM) and where is not None and os.path.exists(where)
+                and (output is None or not _inside(where, output))):  # e.g. an input that cannot be read
+            return f"cannot access {where}: {what}; check its permissions"
+        target = output or where or "the output"
+        detail = f" ({where})" if where is not None and os.path.abspath(where) != os.path.abspath(target) else ""
+        return f"cannot write {target}: {what}{detail}; {todo}"
+    return None
+
+
+def _output(args: argparse.Namespace) -> str | None:
+    names = OUTPUT_ARGS.get(args.command, ("output",))
+    return next((str(getattr(args, n)) for n in names if getattr(args, n, None) is not None), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    _one_line_warnings(args.command)
     try:
         return func(args)
     except (HiresError, FileNotFoundError, FileExistsError) as err:
@@ -114,6 +172,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"napari-hires {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        line = write_error(err, _output(args))
+        if line is None:
+            raise
+        _quiet_shutdown()
+        print(f"napari-hires {args.command}: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _one_line_warnings(command: str) -> None:
+    """Our warnings (e.g. unverifiable weights) print as "napari-hires CMD: warning: ...", not as source lines."""
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if issubclass(category, UnverifiedWeightsWarning):
+            return f"napari-hires {command}: warning: {message}\n"
+        return _PLAIN_WARNING(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+
+
+_PLAIN_WARNING = warnings.formatwarning
+
+
+def _quiet_shutdown() -> None:
+    """Silence the echoes of a failed write: zarr's other writes in flight fail or are left pending, and at exit
+    asyncio logs each task ("Task exception was never retrieved", "Task was destroyed but it is pending") and Python
+    each coroutine collected after zarr closed its event loop ("Exception ignored in ... Event loop is closed",
+    "coroutine ... was never awaited"), dozens of tracebacks under the one line that says what happened."""
+    logging.getLogger("asyncio").disabled = True
+    sys.unraisablehook = lambda unraisable: None
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 if __name__ == "__main__":  # pragma: no cover
