@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import dask.array as da
 import numpy as np
 import pytest
 import tifffile
@@ -19,7 +18,6 @@ import tifffile
 from napari_hires import cli
 from napari_hires.errors import HiresError
 from napari_hires.io.ome_zarr_writer import write_ome_zarr
-from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.readers import open_image
 from napari_hires.io.synthetic import synthetic_slide
 
