@@ -6,6 +6,7 @@ Each sub-command imports what it needs only when it runs, so ``napari-hires --he
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 from napari_hires.cli_export import add_export_parser
 from napari_hires.cli_predict import add_predict_parser
 from napari_hires.cli_train import add_train_parser
-from napari_hires.errors import HiresError, UnverifiedWeightsWarning
+from napari_hires.errors import HiresError, HiresWarning
 
 
 def _size(text: str) -> int:
@@ -163,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    _one_line_warnings(args.command)
     try:
-        return func(args)
+        with _one_line_warnings(args.command):
+            return func(args)
     except (HiresError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-hires {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -181,18 +182,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _one_line_warnings(command: str) -> None:
-    """Our warnings (e.g. unverifiable weights) print as "napari-hires CMD: warning: ...", not as source lines."""
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Our warnings (unverifiable weights, a stale lock taken over, labels narrowed for TIFF, ...) print as
+    "napari-hires CMD: warning: ...", not with the source line that raised them; others as Python shows them."""
+    with warnings.catch_warnings():
+        plain = warnings.showwarning
 
-    def format_warning(message, category, filename, lineno, line=None) -> str:
-        if issubclass(category, UnverifiedWeightsWarning):
-            return f"napari-hires {command}: warning: {message}\n"
-        return _PLAIN_WARNING(message, category, filename, lineno, line)
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, HiresWarning):
+                print(f"napari-hires {command}: warning: {message}", file=sys.stderr)
+            else:
+                plain(message, category, filename, lineno, file, line)
 
-    warnings.formatwarning = format_warning
-
-
-_PLAIN_WARNING = warnings.formatwarning
+        warnings.showwarning = show
+        yield
 
 
 def _quiet_shutdown() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
 from typing import Any
 
 
@@ -35,14 +33,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     fmt = export_format(args.format, args.output if args.output is not None else args.image)
     labels = open_label_source(args.labels, args.name)
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        out = export_labels(labels, args.output, fmt, image=args.image, name=args.name, overwrite=args.overwrite,
-                            progress=not args.quiet, block=args.block)
+    out = export_labels(labels, args.output, fmt, image=args.image, name=args.name, overwrite=args.overwrite,
+                        progress=not args.quiet, block=args.block)
     print(f"exported {args.labels} to {out} ({fmt})")
     return 0
 
-
-def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-    """Warnings as one line on stderr, like errors (no file and line of the code that warned)."""
-    print(f"napari-hires export: warning: {message}", file=sys.stderr)

@@ -78,7 +78,7 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device, precision=args.precision, batch=args.batch, cancel=cancel,
     )
     image = os.path.abspath(args.input)  # the same run record whether it runs here or on a cluster
-    with _ProgressBar(enabled=not args.quiet) as bar, _cancel_on_interrupt(cancel), _warnings_as_lines():
+    with _ProgressBar(enabled=not args.quiet) as bar, _cancel_on_interrupt(cancel):
         if args.workers or args.scheduler:
             from napari_hires.engine.distributed import predict_distributed
 
@@ -184,19 +184,6 @@ class _ProgressBar:
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-@contextlib.contextmanager
-def _warnings_as_lines() -> Iterator[None]:
-    """Show the engine's warnings (e.g. a stale lock taken over) as one line each, not with a source line."""
-    import warnings
-
-    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-        print(f"napari-hires predict: warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
 
 
 @contextlib.contextmanager

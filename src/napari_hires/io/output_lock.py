@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from napari_hires.errors import HiresError
+from napari_hires.errors import HiresError, HiresWarning
 
 SUFFIX = ".lock"
 #: Seconds to wait for a lock file that another process has just created to get its contents.
@@ -32,6 +32,10 @@ _WRITE_WAIT = 2.0
 
 class OutputBusyError(HiresError):
     """Another live run holds the output's lock."""
+
+
+class StaleLockWarning(HiresWarning):
+    """The output's lock was left by a run that is no longer running, and this run takes it over."""
 
 
 class OutputLock:
@@ -81,7 +85,7 @@ def lock_output(out: str | os.PathLike) -> OutputLock:
             if _take_over(path, holder):
                 warnings.warn(f"{out}: taking over the lock of pid {holder.get('pid')} on {holder.get('host')} "
                               f"(since {holder.get('since')}: {holder.get('command')}), which is no longer running",
-                              stacklevel=2)
+                              StaleLockWarning, stacklevel=2)
             continue
         except OSError as err:
             raise HiresError(f"cannot write to {path.parent} ({err.strerror or err}); choose an output in a folder "

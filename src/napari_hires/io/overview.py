@@ -14,6 +14,7 @@ from typing import Callable
 import dask.array as da
 import numpy as np
 
+from napari_hires.errors import HiresWarning
 from napari_hires.io.downsample import downsample_mean, downsample_mode
 from napari_hires.io.pyramid import Pyramid
 
@@ -26,7 +27,7 @@ MIN_SIZE = 256
 _hinted: set[str] = set()
 
 
-class NoPyramidWarning(UserWarning):
+class NoPyramidWarning(HiresWarning):
     """A large image has no stored pyramid: zooming out in napari reads all of it."""
 
 

@@ -17,7 +17,7 @@ from zarr.abc.store import Store
 from zarr.errors import NodeNotFoundError
 from zarr.storage import LocalStore
 
-from napari_hires.errors import ImageReadError
+from napari_hires.errors import HiresWarning, ImageReadError
 from napari_hires.io.build_state import is_incomplete
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.readers import guess_axes, image_contrast, lazy_level
@@ -260,7 +260,7 @@ def _validate(attrs: dict, kind: str, where: str) -> None:
         ) from err
 
 
-class MissingChunksWarning(UserWarning):
+class MissingChunksWarning(HiresWarning):
     """Chunk files of a local store are gone where its other levels show data: those pixels read as the fill value."""
 
 
