@@ -43,7 +43,7 @@ def slide(tmp_path_factory) -> Path:
 
 
 def test_train_into_a_read_only_folder_fails_before_training(slide, read_only_dir, capsys):
-    with pytest.raises(HiresError, match=f"cannot write to {read_only_dir}"):
+    with pytest.raises(HiresError, match=f"cannot write {read_only_dir}/.*: read-only file system"):
         train(str(slide), "--self-supervised", "--out", str(read_only_dir / "denoiser"), "--steps", "2",
               "--batch", "1", "--tile", "64")
     assert "step" not in capsys.readouterr().out

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 from napari_hires.cli_export import add_export_parser
 from napari_hires.cli_predict import add_predict_parser
 from napari_hires.cli_train import add_train_parser
-from napari_hires.errors import HiresError, HiresWarning
+from napari_hires.errors import WRITE_ERRORS, HiresError, HiresWarning
 
 
 def _size(text: str) -> int:
@@ -107,14 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: errno of a failed write -> (what happened, what to do).
-WRITE_ERRORS = {
-    errno.EROFS: ("read-only file system", "choose another output"),
-    errno.EACCES: ("permission denied", "choose another output or fix its permissions"),
-    errno.EPERM: ("operation not permitted", "choose another output or fix its permissions"),
-    errno.ENOSPC: ("no space left on device", "free space or choose another output"),
-    errno.EDQUOT: ("disk quota exceeded", "free space or choose another output"),
-}
 #: The arguments naming each sub-command's output (the first one given counts); "output" for the others.
 OUTPUT_ARGS = {"demo": ("screenshot",), "train": ("out",), "export": ("output", "image")}
 

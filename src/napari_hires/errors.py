@@ -1,5 +1,7 @@
 """Exceptions that carry a message meant for the user: the CLI prints them as one line, widgets show them."""
 
+import errno
+
 
 class HiresError(ValueError):
     """Bad input or a state the user can fix; the message names the problem and what to do."""
@@ -29,3 +31,13 @@ class HiresWarning(UserWarning):
 
 class UnverifiedWeightsWarning(HiresWarning):
     """A model file whose card records no digest of its weights (older or hand-made), so damage goes unnoticed."""
+
+
+#: errno of a failed write -> (what happened, what to do), in the words of every "cannot write" error.
+WRITE_ERRORS = {
+    errno.EROFS: ("read-only file system", "choose another output"),
+    errno.EACCES: ("permission denied", "choose another output or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "choose another output or fix its permissions"),
+    errno.ENOSPC: ("no space left on device", "free space or choose another output"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or choose another output"),
+}

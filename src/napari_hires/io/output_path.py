@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from napari_hires.errors import HiresError, OutputExistsError
+from napari_hires.errors import WRITE_ERRORS, HiresError, OutputExistsError
 from napari_hires.io.build_state import MARKER
 
 _ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
@@ -51,8 +51,8 @@ def check_writable(out: str | os.PathLike) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".napari-hires-probe-", dir=folder)
     except OSError as err:
-        raise HiresError(f"cannot write to {folder} ({err.strerror or err}); choose an output in a folder you can "
-                         "write to") from None
+        what, todo = WRITE_ERRORS.get(err.errno, (err.strerror or str(err), "choose another output"))
+        raise HiresError(f"cannot write {out}: {what} ({folder}); {todo}") from None
     os.close(fd)
     os.unlink(probe)
 
