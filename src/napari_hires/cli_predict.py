@@ -99,13 +99,16 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def summary(result: Any) -> str:
-    """One line: pixels, seconds, throughput, tiles and overlap factor, blocks done/skipped, output path."""
+    """One line: pixels, seconds, throughput, tiles and overlap factor, blocks done/skipped, output path, and how
+    the input was scaled unless it was the plain 8-bit case."""
     if not result.pixels:
         return (f"nothing left to predict: all {result.blocks_total} blocks were already written; "
                 f"the store {result.path} is complete")
+    scaled = result.input_range
     return (f"predicted {result.pixels:,} pixels in {result.seconds:.1f} s ({result.megapixels_per_second:.2f} "
             f"megapixels/s), {result.tiles} tiles (k = {result.overlap_factor:.2f}), blocks: {result.blocks_done} "
-            f"done, {result.blocks_skipped} skipped of {result.blocks_total} -> {result.path}")
+            f"done, {result.blocks_skipped} skipped of {result.blocks_total} -> {result.path}"
+            + ("" if scaled is None or scaled.plain else f"; {scaled.describe()}"))
 
 
 def _check_before_cluster(image: str, model: str) -> None:

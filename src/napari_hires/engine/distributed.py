@@ -83,6 +83,7 @@ def predict_distributed(
         path=out, task=plan.net.task, pixels=pixels, seconds=time.perf_counter() - t0, tiles=tiles,
         tile_pixels=tile_pixels, blocks_done=written, blocks_skipped=plan.skipped,
         blocks_total=len(plan.todo) + plan.skipped, cancelled=cancelled, layout=plan.layout,
+        input_range=plan.source.input_range,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from napari_hires.engine.intensity import InputRange
 from napari_hires.engine.output import OutputSpec, create_output, run_record, weights_digest
 from napari_hires.engine.regions import channel_adapter, classify_pixels, dense_output, heatmap_input, read_padded
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
@@ -50,6 +51,7 @@ class PredictionResult:
     blocks_total: int
     cancelled: bool = False
     layout: TileLayout | None = field(default=None, repr=False)
+    input_range: InputRange | None = None  # the raw values that were the model's 0..1
 
     @property
     def overlap_factor(self) -> float:
@@ -150,6 +152,7 @@ def plan_prediction(
         or type(net).__name__, weights=weights_digest(net), task=net.task, tile=layout.tile, max_tile=layout.max_tile,
         margin=layout.margin, blend=layout.blend, block=block, chunk=chunk, probabilities=probabilities, region=region,
         mask=None if mask is None else _mask_digest(mask), content=content_identity(source.array, source.path),
+        input_range=source.input_range.record(),
     )
     lock = lock_output(out) if hold_lock else None
     try:
@@ -284,6 +287,7 @@ class BlockJob:
             path=path, task=self.plan.net.task, pixels=self.pixels, seconds=seconds, tiles=self.tiles,
             tile_pixels=self.runner.tile_pixels, blocks_done=self.written, blocks_skipped=self.plan.skipped,
             blocks_total=self.total, cancelled=self.cancelled, layout=self.layout,
+            input_range=self.source.input_range,
         )
 
     # -------------------------------------------------------------- pipeline
@@ -349,10 +353,12 @@ class BlockJob:
         """The block's arrays as stored (one per output image, NGFF axis order), padded to the whole block where
         the scope cut it."""
         if self.classify:
-            heat, n = classify_pixels(self.runner, pixels, box.shape, self.layout, self.cancel)
+            heat, n = classify_pixels(self.runner, pixels, box.shape, self.layout, self.cancel,
+                                      self.source.input_range)
             self.tiles += n
             return [heat]
-        out, n = self.runner.predict_region(pixels, context, self.source.bounds, self.layout, self.cancel)
+        out, n = self.runner.predict_region(pixels, context, self.source.bounds, self.layout, self.cancel,
+                                            self.source.input_range)
         self.tiles += n
         out = out[:, want.y0 - context.y0:want.y1 - context.y0, want.x0 - context.x0:want.x1 - context.x0]
         pad = ((want.y0 - box.y0, box.y1 - want.y1), (want.x0 - box.x0, box.x1 - want.x1))

@@ -50,7 +50,8 @@ def predict_rectangle(
     if runner.task == "classification":
         return _heatmap(runner, source, box, layout, adapt, cancel)
     context = context_box(box, source.bounds, layout)
-    out, _ = runner.predict_region(adapt(source.read(context)), context, source.bounds, layout, cancel)
+    out, _ = runner.predict_region(adapt(source.read(context)), context, source.bounds, layout, cancel,
+                                   source.input_range)
     out = out[:, box.y0 - context.y0:box.y1 - context.y0, box.x0 - context.x0:box.x1 - context.x0]
     return dense_output(out, runner.task, source.dtype)
 
@@ -60,7 +61,7 @@ def _heatmap(runner: TileRunner, source: ImageSource, box: Box, layout: TileLayo
     """Class probabilities per output pixel under ``box``: each from the tile centred on that pixel's stride cell."""
     out = _out_box(box, output_step("classification", layout))
     pixels = read_padded(source, heatmap_input(out, layout), adapt)
-    return classify_pixels(runner, pixels, out.shape, layout, cancel)[0]
+    return classify_pixels(runner, pixels, out.shape, layout, cancel, source.input_range)[0]
 
 
 def _out_box(box: Box, step: int) -> Box:
@@ -152,6 +153,7 @@ class PreviewService:
         self._sources: dict[int, ImageSource] = {}
         first = self._source(0)
         channel_adapter(first.channels, net.in_channels, first.name)  # a model for other images fails here, at once
+        first.input_range  # so does a float image with no range to scale it by
         self._lock = threading.Condition()
         self._pending: _Request | None = None
         self._running: _Request | None = None

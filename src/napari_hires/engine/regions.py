@@ -1,7 +1,8 @@
 """Region-level steps shared by whole-image prediction and the viewport preview.
 
 Reading pixels with context (mirrored past the image edge), fitting channels to the model, turning blended outputs
-into what is stored (labels or pixels), and laying out classification tiles (one per output pixel).
+into what is stored (labels or pixels), and laying out classification tiles (one per output pixel). Missing
+(NaN/Inf) pixels are no-data in the output (engine/intensity.py); the runner blanks them in dense outputs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from napari_hires.engine.intensity import InputRange, missing_pixels
 from napari_hires.engine.runner import CancelToken, TileRunner
 from napari_hires.engine.source import ImageSource
 from napari_hires.engine.tiling import Box, TileLayout
@@ -80,10 +82,19 @@ def heatmap_input(out_box: Box, layout: TileLayout) -> Box:
 
 
 def classify_pixels(runner: TileRunner, pixels: np.ndarray, shape: tuple[int, int], layout: TileLayout,
-                    cancel: CancelToken | None = None) -> tuple[np.ndarray, int]:
-    """Class probabilities (classes, rows, cols) as float16 from the pixels :func:`heatmap_input` gave, and tiles run."""
+                    cancel: CancelToken | None = None,
+                    input_range: InputRange | None = None) -> tuple[np.ndarray, int]:
+    """Class probabilities (classes, rows, cols) as float16 from the pixels :func:`heatmap_input` gave, and tiles run.
+
+    A heatmap pixel whose stride cell is at least half missing (NaN/Inf) is no-data: 0 for every class.
+    """
     t, s = layout.tile, layout.tile - layout.overlap
     rows, cols = shape
     tiles = np.stack([pixels[r * s:r * s + t, c * s:c * s + t] for r in range(rows) for c in range(cols)])
-    probs = runner.classify_tiles(tiles, cancel)
-    return probs.T.reshape(-1, rows, cols).half().cpu().numpy(), len(tiles)
+    heat = runner.classify_tiles(tiles, cancel, input_range).T.reshape(-1, rows, cols).half().cpu().numpy()
+    missing = missing_pixels(pixels)
+    if missing is not None:
+        off = t // 2 - s // 2  # each tile is centred on its stride cell
+        cells = missing[off:off + rows * s, off:off + cols * s].reshape(rows, s, cols, s).mean(axis=(1, 3))
+        heat[:, cells >= 0.5] = 0
+    return heat, len(tiles)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
+from napari_hires.engine.intensity import InputRange, image_range
 from napari_hires.engine.tiling import Box
 from napari_hires.errors import HiresError
 from napari_hires.io.pyramid import Pyramid
@@ -26,6 +28,8 @@ class ImageSource:
     translation: tuple[float, float] = (0.0, 0.0)
     origin: str = ""  # where it came from (path and level), for run records and messages
     path: str | None = None  # the file or store it was read from, if any (to identify its content, protect it)
+    contrast_limits: list[tuple[float, float]] | None = None  # the image's: part of a float image's input range
+    coarsest: Any = None  # the image's coarsest level (same axes) for a float image's statistics; None: ``array``
 
     def __post_init__(self) -> None:
         for axis in self.axes:
@@ -51,6 +55,12 @@ class ImageSource:
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.array.dtype)
+
+    @cached_property
+    def input_range(self) -> InputRange:
+        """Raw values that are the model's 0..1, the same for every level of one image (engine/intensity.py)."""
+        coarsest = self.array if self.coarsest is None else self.coarsest
+        return image_range(self.dtype, self.channels, coarsest, self.axes, self.contrast_limits, self.name)
 
     @property
     def bounds(self) -> Box:
@@ -86,6 +96,7 @@ def as_source(image: Pyramid | Any, level: int = 0) -> ImageSource:
             scale=(image.scale[iy] * fy, image.scale[ix] * fx),
             translation=(image.translation[iy], image.translation[ix]),
             origin=f"{image.source or image.name} level {level}", path=image.source,
+            contrast_limits=image.contrast_limits, coarsest=image.levels[-1],
         )
     shape = getattr(image, "shape", None)
     if shape is None or len(shape) not in (2, 3):

@@ -17,7 +17,12 @@ TASKS = ("segmentation", "restoration", "classification")
 
 @dataclass
 class Normalization:
-    """How raw pixels become model input: ``(pixel * scale - mean) / std`` per channel."""
+    """How pixels become model input: ``(v - mean) / std`` per channel, ``v`` on the model's 0..1 scale.
+
+    ``scale`` is 1 / the largest raw value of the images the model learnt from (1/255: 8-bit images). The engine puts
+    every image on the 0..1 scale by that image's own range (engine/intensity.py), so for other bit depths ``scale``
+    records the training data rather than scaling the input.
+    """
 
     scale: float = 1 / 255
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])

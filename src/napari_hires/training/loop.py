@@ -1,7 +1,8 @@
 """The training loop: AdamW with warm-up and a cosine schedule, mixed precision on CUDA, loss per step, cancel.
 
 Inputs are normalised exactly as the engine normalises them at inference (:meth:`TileRunner.to_input`, with the
-model card's normalisation), so a trained model predicts on the same numbers it learnt from.
+model card's normalisation and the image's own input range), so a trained model predicts on the same numbers it
+learnt from, whatever the image's bit depth.
 """
 
 from __future__ import annotations
@@ -87,12 +88,12 @@ def _schedule(settings: TrainSettings) -> Callable[[int], float]:
     return factor
 
 
-def _target(runner: TileRunner, targets: np.ndarray | None) -> torch.Tensor | None:
+def _target(runner: TileRunner, targets: np.ndarray | None, sampler: TileSampler) -> torch.Tensor | None:
     """Targets on the device: classes as int64, clean images normalised like inputs."""
     if targets is None:
         return None
     if targets.ndim == 4:
-        return runner.to_input(targets)
+        return runner.to_input(targets, sampler.input_range)
     return torch.from_numpy(targets.astype(np.int64)).to(runner.device)
 
 
@@ -127,9 +128,9 @@ def train(
             images, targets = sampler.sample(settings.batch, rng)
             if settings.augment:
                 images, targets = augment(images, targets, rng, intensity=settings.intensity)
-            x = runner.to_input(images)
+            x = runner.to_input(images, sampler.input_range)
             with autocast(runner.device, runner.amp_dtype):
-                loss = objective(model, x, _target(runner, targets))
+                loss = objective(model, x, _target(runner, targets, sampler))
             if not torch.isfinite(loss):
                 raise HiresError(f"training diverged at step {step + 1} (loss {loss.item()}); lower the learning rate")
             opt.zero_grad(set_to_none=True)
@@ -169,7 +170,7 @@ def recalibrate_batchnorm(model: HiresModel, runner: TileRunner, sampler: TileSa
     try:
         with torch.no_grad(), autocast(runner.device, runner.amp_dtype):
             for _ in range(batches):
-                model(runner.to_input(sampler.sample(batch, rng)[0]))
+                model(runner.to_input(sampler.sample(batch, rng)[0], sampler.input_range))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum

@@ -10,11 +10,12 @@ whole level.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 
+from napari_hires.engine.intensity import InputRange
 from napari_hires.engine.source import ImageSource, as_source
 from napari_hires.engine.tiling import Box
 from napari_hires.errors import HiresError
@@ -36,6 +37,7 @@ class Patch:
     labels: np.ndarray | None
     origin: tuple[int, int]  # (y, x) of the region in level pixels
     _labelled: np.ndarray | None = field(default=None, repr=False)
+    input_range: InputRange | None = None  # the image's raw values that are the model's 0..1 (None: its dtype's)
 
     @property
     def labelled(self) -> np.ndarray:
@@ -143,7 +145,7 @@ def read_patches(
         if lab is not None:
             classes = to_classes(lab.read(box)[..., 0], num_classes, ignore_index=ignore_index,
                                  zero_is_unlabelled=zero_is_unlabelled, name=f"labels in {box}")
-        patches.append(Patch(pixels, classes, (box.y0, box.x0)))
+        patches.append(Patch(pixels, classes, (box.y0, box.x0), input_range=src.input_range))
     if lab is not None and not any(len(p.labelled) for p in patches):
         raise HiresError("the training regions hold no labelled pixels; paint or correct some labels first")
     return patches
@@ -176,6 +178,11 @@ class TileSampler:
     def labelled(self) -> bool:
         return self.patches[0].labels is not None
 
+    @property
+    def input_range(self) -> InputRange | None:
+        """How the tiles' pixels are scaled for the model: as the engine scales their image at inference."""
+        return self.patches[0].input_range
+
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         """``n`` tiles: pixels (n, tile, tile, c) and classes (n, tile, tile) or ``None`` for unlabelled data."""
         t = self.tile
@@ -204,8 +211,8 @@ def _pad(patch: Patch, tile: int) -> Patch:
     if labels is None:  # unlabelled data: only the real pixels are tile centres
         keep = np.zeros((h + ph, w + pw), bool)
         keep[:h, :w] = True
-        return Patch(image, None, patch.origin, np.flatnonzero(keep.ravel()))
-    return Patch(image, labels, patch.origin)
+        return replace(patch, image=image, _labelled=np.flatnonzero(keep.ravel()))
+    return replace(patch, image=image, labels=labels, _labelled=None)
 
 
 class PairedTileSampler(TileSampler):
@@ -218,7 +225,8 @@ class PairedTileSampler(TileSampler):
     def __init__(self, degraded: Sequence[Patch], clean: Sequence[Patch], tile: int) -> None:
         if len(degraded) != len(clean) or any(d.image.shape != c.image.shape for d, c in zip(degraded, clean)):
             raise HiresError("degraded and clean training regions must match one to one in shape")
-        joined = [Patch(np.concatenate([d.image, c.image], axis=-1), None, d.origin) for d, c in zip(degraded, clean)]
+        joined = [Patch(np.concatenate([d.image, c.image], axis=-1), None, d.origin, input_range=d.input_range)
+                  for d, c in zip(degraded, clean)]
         super().__init__(joined, tile)
         self.channels = degraded[0].image.shape[-1]
 
