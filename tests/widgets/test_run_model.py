@@ -386,4 +386,21 @@ def test_output_set_to_the_input_store_is_an_error_and_the_input_is_kept(make_na
     assert widget.status.value.startswith("error:") and "its own input" in widget.status.value
     assert widget.result is None and widget.run_button.enabled
     assert files() == before
+
+
+def test_status_says_how_a_16_bit_image_was_scaled(make_napari_viewer, qtbot, tmp_path):
+    """A uint16 image goes to the model by its own range, and the status line says so (8-bit runs say nothing)."""
+    from napari_hires.io.synthetic import render_region
+
+    pixels = render_region(0, 3000, 3300, 5000, 5300, size=(16384, 16384)).astype(np.uint16) * 257
+    viewer = make_napari_viewer(show=True)
+    widget = RunModelWidget(viewer)
+    widget.image.value = viewer.add_image(pixels, rgb=True, name="rgb16")
+    widget.model.value = "hct_tiny_seg"
+    widget.device.value = "cpu"
+    widget.tile.value, widget.overlap.value = 128, 32
+    widget.output.value = tmp_path / "out.zarr"
+    widget.run_button.native.click()
+    wait_for_run(qtbot, widget)
+    assert widget.status.value.startswith("done") and "input uint16 scaled from 0..65535" in widget.status.value
     settle(qtbot, widget)
