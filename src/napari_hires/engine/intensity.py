@@ -71,13 +71,19 @@ class InputRange:
             return "float input scaled from 0..1"
         if self.how == "contrast limits":
             return "float input scaled from contrast limits " + ", ".join(
-                dict.fromkeys(f"{float(lo)}..{float(hi)}" for lo, hi in zip(self.low, self.high)))
+                dict.fromkeys(f"{_float(lo)}..{_float(hi)}" for lo, hi in zip(self.low, self.high)))
         return (f"float input scaled from its {PERCENTILES[0]}-{PERCENTILES[1]} percentiles {spans} "
                 "(coarsest level)")
 
 
 def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.6g}"
+
+
+def _float(v: float) -> str:
+    """A float in at most 6 significant digits, always with a point: 0.0, 4000.0, 627.451."""
+    text = f"{v:.6g}"
+    return text if "." in text or "e" in text else text + ".0"
 
 
 def dtype_range(dtype: Any, channels: int = 1) -> InputRange:
