@@ -386,6 +386,7 @@ def test_output_set_to_the_input_store_is_an_error_and_the_input_is_kept(make_na
     assert widget.status.value.startswith("error:") and "its own input" in widget.status.value
     assert widget.result is None and widget.run_button.enabled
     assert files() == before
+    settle(qtbot, widget)
 
 
 def test_status_says_how_a_16_bit_image_was_scaled(make_napari_viewer, qtbot, tmp_path):
