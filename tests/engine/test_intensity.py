@@ -113,7 +113,7 @@ def test_float_image_is_scaled_by_the_contrast_limits_of_its_ome_zarr(tissue, fl
     labels, _, result = runs("seg-store", str(float_store), SEGMENTER)
     assert _agreement(labels, labels8) >= 0.99
     assert "float input scaled from contrast limits 0.0..4000.0" in summary(result)
-    plan = plan_prediction(str(float_store), create_model(SEGMENTER), tmp_path / "planned.zarr")
+    plan_prediction(str(float_store), create_model(SEGMENTER), tmp_path / "planned.zarr").close()
     assert zarr.open_group(str(tmp_path / "planned.zarr")).attrs[MARKER]["run"]["input_range"] == [0.0, 4000.0]
 
 
