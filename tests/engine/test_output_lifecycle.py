@@ -276,3 +276,14 @@ def test_the_same_command_on_a_complete_store_says_so_and_exits_0(tmp_path, imag
     err = one_line_error(capsys)
     assert "tile=256" in err and "tile=128" in err and "--overwrite" in err
     assert contents(Path(out)) == before
+
+
+def test_overwrite_starts_the_same_job_again_instead_of_resuming_or_skipping(tmp_path, image, model_file):
+    """--overwrite replaces, as it says: on an unfinished and on a complete store of the same job every block runs."""
+    out = tmp_path / "o.zarr"
+    cancelled_run(image, model_file, out)
+    again = predict(image, model_file, out, overwrite=True, **API)
+    assert again.blocks_skipped == 0 and again.blocks_done == again.blocks_total
+    once_more = predict(image, model_file, out, overwrite=True, **API)
+    assert once_more.blocks_skipped == 0 and once_more.blocks_done == once_more.blocks_total
+    assert predict(image, model_file, out, **API).blocks_done == 0
