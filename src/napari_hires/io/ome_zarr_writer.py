@@ -144,8 +144,9 @@ class OmeZarrWriter:
         check_output(self.out, [plan.pyramid.source for plan in self.plans])
         self.run = run
         recorded = _recorded(self.out)
-        same = run is not None and recorded is not None and recorded[1] == run
+        same = not overwrite and run is not None and recorded is not None and recorded[1] == run
         #: Reopened: an unfinished store of the same run resumes; ``complete``: the same run already finished it.
+        #: ``overwrite`` always starts again, as it says ("replace instead of resuming or refusing").
         self.resumed = same and recorded[0] == "writing"
         self.complete = same and recorded[0] == "complete"
         if same:
