@@ -405,3 +405,25 @@ def test_status_says_how_a_16_bit_image_was_scaled(make_napari_viewer, qtbot, tm
     wait_for_run(qtbot, widget)
     assert widget.status.value.startswith("done") and "input uint16 scaled from 0..65535" in widget.status.value
     settle(qtbot, widget)
+
+
+def test_an_output_locked_by_another_run_is_refused_naming_the_holder(make_napari_viewer, qtbot, slide, model_file,
+                                                                     tmp_path):
+    """While another run holds the output's lock, Run shows who holds it and writes nothing; once the lock is
+    released the same form runs."""
+    import os
+
+    from napari_hires.io.output_lock import lock_output
+
+    out = tmp_path / "locked.zarr"
+    widget, _ = setup_widget(make_napari_viewer(), slide, model_file, out)
+    with lock_output(out):
+        widget.run_button.native.click()
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+        assert widget.status.value.startswith("error:"), widget.status.value
+        assert "being written by another run" in widget.status.value and f"pid {os.getpid()}" in widget.status.value
+        assert widget.result is None and not out.exists()
+    widget.run_button.native.click()
+    wait_for_run(qtbot, widget)
+    assert widget.status.value.startswith("done")
+    settle(qtbot, widget)
