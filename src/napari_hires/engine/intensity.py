@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from napari_hires.errors import HiresError
+from napari_hires.io.readers import central_window
 
 #: Side of the central window of the coarsest level read for the statistics of a float image.
 SAMPLE = 1024
@@ -128,16 +129,7 @@ def image_range(dtype: Any, channels: int, coarsest: Any, axes: str,
 
 def _sample(level: Any, axes: str) -> np.ndarray:
     """A central window (at most ``SAMPLE`` px a side) of a level as float64 (y, x, c), middle plane of t and z."""
-    index = []
-    for axis, size in zip(axes, level.shape):
-        if axis in "yx":
-            start = max(0, (size - SAMPLE) // 2)
-            index.append(slice(start, start + SAMPLE))
-        elif axis == "c":
-            index.append(slice(None))
-        else:
-            index.append(slice(size // 2, size // 2 + 1))
-    window = np.asarray(level[tuple(index)], dtype=np.float64)
+    window = central_window(level, axes, SAMPLE).astype(np.float64, copy=False)
     order = [axes.index(a) for a in "yx"] + ([axes.index("c")] if "c" in axes else [])
     rest = [i for i in range(len(axes)) if i not in order]
     window = np.transpose(window, order + rest)

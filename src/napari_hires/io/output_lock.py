@@ -128,15 +128,22 @@ def _alive(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname():
         return True
     pid = holder.get("pid")
-    if not isinstance(pid, int):
-        return False
+    return isinstance(pid, int) and process_running(pid, holder.get("started"))
+
+
+def process_running(pid: int, started: float | None = None) -> bool:
+    """Whether process ``pid`` of this machine still runs: not gone, not a zombie, and (given the time its work
+    ``started``) not a younger process that was handed the same pid. Always True on Windows, where signal 0 would
+    end the process, and for this process itself."""
+    if pid == os.getpid() or os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
         return True
-    return not _dead_or_reused(pid, holder.get("started"))
+    return not _dead_or_reused(pid, started)
 
 
 def _dead_or_reused(pid: int, started: Any) -> bool:

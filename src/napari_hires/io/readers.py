@@ -220,8 +220,19 @@ def contrast_from_levels(levels: list[da.Array], axes: str) -> list[tuple[float,
     """
     coarsest = levels[-1]
     side = _LEVEL0_WINDOW if len(levels) == 1 and coarsest.size > SMALL_IMAGE else _STATS_WINDOW
-    index: list[Any] = []
-    for axis, size in zip(axes, coarsest.shape):
+    window = central_window(coarsest, axes, side)
+    if "c" in axes:
+        window = np.moveaxis(window, axes.index("c"), 0)
+    else:
+        window = window[np.newaxis]
+    return [_limits(channel) for channel in window]
+
+
+def central_window(level: Any, axes: str, side: int) -> np.ndarray:
+    """The centre of a (lazy) level, read: at most ``side`` pixels in y and x, every channel, the middle plane of
+    other axes (kept, of length 1), in the level's own axis order. What image statistics are taken from."""
+    index: list[slice] = []
+    for axis, size in zip(axes, level.shape):
         if axis in "yx":
             start = max(0, (size - side) // 2)
             index.append(slice(start, start + side))
@@ -229,12 +240,7 @@ def contrast_from_levels(levels: list[da.Array], axes: str) -> list[tuple[float,
             index.append(slice(None))
         else:
             index.append(slice(size // 2, size // 2 + 1))
-    window = np.asarray(coarsest[tuple(index)].compute())
-    if "c" in axes:
-        window = np.moveaxis(window, axes.index("c"), 0)
-    else:
-        window = window[np.newaxis]
-    return [_limits(channel) for channel in window]
+    return np.asarray(level[tuple(index)])
 
 
 def _limits(values: np.ndarray) -> tuple[float, float]:

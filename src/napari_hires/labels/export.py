@@ -28,6 +28,7 @@ import dask.array as da
 import numpy as np
 
 from napari_hires.errors import HiresError, HiresWarning, OutputExistsError
+from napari_hires.io.output_lock import process_running
 from napari_hires.io.output_path import check_output, check_writable, written_by_napari_hires
 from napari_hires.io.pyramid import Pyramid
 
@@ -283,7 +284,7 @@ def remove_stale_partials(folder: Path) -> list[Path]:
     stale = []
     for path in folder.iterdir():
         match = _PARTIAL.match(path.name)
-        if match and match["host"] == host and not _alive(int(match["pid"])):
+        if match and match["host"] == host and not process_running(int(match["pid"])):
             _remove(path)
             stale.append(path)
     return stale
@@ -291,19 +292,6 @@ def remove_stale_partials(folder: Path) -> list[Path]:
 
 def _host_id() -> str:
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (always True on Windows, where signal 0 would end it)."""
-    if pid == os.getpid() or os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def _remove(path: Path) -> None:
