@@ -163,3 +163,17 @@ def test_cluster_runs_report_bad_names_and_paths_as_one_line(image, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "gone.safetensors" in err
     assert not out.exists()
+
+
+def test_without_tile_the_cli_uses_the_models_own_tile(image, tmp_path, capsys):
+    """`napari-hires predict` without --tile tiles as the API does: by the model card's tile, not a fixed 512."""
+    from napari_hires.io.build_state import RUN_RECORD
+    from napari_hires.models.files import card_for
+
+    torch.manual_seed(0)
+    model = create_model("hct_tiny_seg")
+    path = save_model(model, tmp_path / "tile384.safetensors", card_for(model, tile_size=384))
+    out = str(tmp_path / "own-tile.zarr")
+    assert cli.main(["predict", image, out, "--model", str(path), "--chunk", "128", "--block", "128", "--quiet"]) == 0
+    record = zarr.open_group(out, mode="r").attrs[RUN_RECORD]
+    assert record["tile"] == 384  # a multiple of the model's input multiple (128), so kept as it is
