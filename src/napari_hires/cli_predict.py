@@ -46,7 +46,8 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--level", type=_non_negative, default=0, help="pyramid level of INPUT to predict (0: full)")
     p.add_argument("--region", nargs=4, type=_non_negative, metavar=("Y0", "Y1", "X0", "X1"),
                    help="predict only this rectangle (pixels of --level)")
-    p.add_argument("--tile", type=_positive, default=512, help="model input tile side in pixels")
+    p.add_argument("--tile", type=_positive, default=None,
+                   help="model input tile side in pixels (default: the model's own, from its card)")
     p.add_argument("--overlap", type=_non_negative, default=None,
                    help="pixels between neighbouring tiles (default: the model's halo plus a cross-fade)")
     p.add_argument("--batch", type=_positive, default=4, help="tiles per model call (halves on out-of-memory)")

@@ -39,7 +39,7 @@ def predict_distributed(
     client: Client,
     level: int = 0,
     region: tuple[int, int, int, int] | None = None,
-    tile: int = 512,
+    tile: int | None = None,
     overlap: int | None = None,
     block: int | None = None,
     chunk: int = 512,
