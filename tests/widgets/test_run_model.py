@@ -427,3 +427,20 @@ def test_an_output_locked_by_another_run_is_refused_naming_the_holder(make_napar
     wait_for_run(qtbot, widget)
     assert widget.status.value.startswith("done")
     settle(qtbot, widget)
+
+
+def test_a_progress_tick_after_the_result_keeps_the_done_status(make_napari_viewer, qtbot, slide, model_file,
+                                                               tmp_path):
+    """The progress timer may tick between the run's result and its end: the status must still say "done" (it read
+    "4/4 blocks" on a fresh clone). The tick is made to land there by the timer's own signal, after the result."""
+    widget, _ = setup_widget(make_napari_viewer(), slide, model_file, tmp_path / "tick.zarr")
+    widget.run_button.native.click()
+
+    def tick_after_result(_result) -> None:
+        widget._dirty = True
+        widget._refresh_timer.timeout.emit()
+
+    widget.worker.returned.connect(tick_after_result)
+    wait_for_run(qtbot, widget)
+    assert widget.status.value.startswith("done"), widget.status.value
+    settle(qtbot, widget)
