@@ -495,13 +495,15 @@ class RunModelWidget(QWidget):
         done, total = self._progress_state
         self.progress.max = max(total, 1)
         self.progress.value = done
+        if self.worker is None or self.result is not None or done >= total:
+            return  # the run's own last words ("writing the coarser levels", "done: ...") stay
         written = done - self._done_at_start
-        if self.worker is not None and written > 0 and done < total:
+        if written > 0:
             left = (time.perf_counter() - self._run_started) / written * (total - done)
             from napari_hires.engine.estimate import format_seconds
 
             self.status.value = f"{done}/{total} blocks · ~{format_seconds(left)} left"
-        elif self.worker is not None:
+        else:
             self.status.value = f"{done}/{total} blocks"
 
     def _on_result(self, result: Any) -> None:
