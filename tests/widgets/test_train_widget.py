@@ -154,3 +154,21 @@ def test_self_supervised_mode_trains_a_denoiser_without_labels(make_napari_viewe
     model = load_model(tmp_path / "denoiser.safetensors")
     assert model.task == "restoration"
     assert "blind spot" in model.card.provenance["objective"]
+
+
+def test_scribbles_with_no_convention_chosen_are_refused_in_the_status(make_napari_viewer, qtbot, tmp_path, slide):
+    image, _ = slide
+    viewer = make_napari_viewer()
+    viewer.add_image(image, rgb=True, name="slide")
+    painted = np.zeros(image.shape[:2], np.uint8)  # a new user's strokes of labels 1..3 on an empty layer
+    painted[560:566, 640:830], painted[650:656, 640:800], painted[600:700, 700:704] = 1, 2, 3
+    viewer.add_labels(painted, name="painted")
+    widget = _widget(viewer, qtbot, tmp_path, steps=2)
+    _train(widget, qtbot)
+    assert widget.status.value.startswith("error:") and "0 means unlabelled" in widget.status.value, \
+        widget.status.value
+    assert not list(tmp_path.iterdir())
+    widget.zero_unlabelled.value = True
+    _train(widget, qtbot)
+    assert widget.status.value.startswith("trained 2 steps") and "0 is unlabelled" in widget.status.value, \
+        widget.status.value
