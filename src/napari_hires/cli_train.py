@@ -9,6 +9,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from napari_hires.errors import HiresError
     from napari_hires.io.readers import open_image
     from napari_hires.training import TrainSettings, fine_tune, train_self_supervised
+    from napari_hires.training.sampling import convention_note
 
     settings = TrainSettings(steps=args.steps, batch=args.batch, tile=args.tile, lr=args.lr, device=args.device,
                              seed=args.seed)
@@ -31,8 +32,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         job = fine_tune(image, open_image(args.labels), args.model, args.out, level=args.level, regions=regions,
                         zero_is_unlabelled=args.zero_is_unlabelled, settings=settings, callback=report,
                         overwrite=args.overwrite)
+    note = "" if job.zero_is_unlabelled is None else f"; {convention_note(job.zero_is_unlabelled)}"
     print(f"trained {job.result.steps_done} steps in {job.result.seconds:.0f}s on {job.result.device}; "
-          f"wrote {job.path}")
+          f"wrote {job.path}{note}")
     return 0
 
 
@@ -40,14 +42,19 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     """The ``train`` sub-command."""
     p = sub.add_parser("train", help="fine-tune a model on corrected labels, or train a denoiser self-supervised")
     p.add_argument("image", help="image to train on (OME-Zarr, zarr, TIFF, ...)")
-    p.add_argument("labels", nargs="?", help="labels on that image (classes 0..K-1, 255 = unlabelled)")
+    p.add_argument("labels", nargs="?", help="labels on that image (classes 0..K-1, 255 = unlabelled; scribbles "
+                                             "painted on 0 need --zero-is-unlabelled or --zero-is-class)")
     p.add_argument("--model", help="registered name or model file to start from (default for --self-supervised: "
                                    "a small MAXIM)")
     p.add_argument("--out", required=True, help="model file to write (NAME.safetensors + NAME.json)")
     p.add_argument("--self-supervised", action="store_true",
                    help="learn to denoise IMAGE from itself (blind-spot / Noise2Void), no labels")
-    p.add_argument("--zero-is-unlabelled", action="store_true",
-                   help="labels are scribbles where 0 means unlabelled and label v is class v-1")
+    zero = p.add_mutually_exclusive_group()
+    zero.add_argument("--zero-is-unlabelled", dest="zero_is_unlabelled", action="store_const", const=True,
+                      help="labels are scribbles where 0 means unlabelled and label v is class v-1")
+    zero.add_argument("--zero-is-class", dest="zero_is_unlabelled", action="store_const", const=False,
+                      help="0 is class 0 even in labels that look like scribbles (default: decided from the labels, "
+                           "scribble-like ones refused)")
     p.add_argument("--region", nargs=4, type=int, metavar=("Y0", "Y1", "X0", "X1"),
                    help="train only on this level-0 region")
     p.add_argument("--level", type=int, default=0, help="pyramid level to train on")

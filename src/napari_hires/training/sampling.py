@@ -3,6 +3,8 @@
 Label convention: model classes are ``0 .. K-1`` and ``ignore_index`` (255 by default) marks unlabelled pixels, which
 never count in the loss, so a corrected window, a few scribbles or a sparse layer all train the model. A scribble
 layer where 0 means "no label" is read with ``zero_is_unlabelled=True``: value ``v > 0`` is class ``v - 1``.
+Given neither (``None``), labels that look painted on an empty napari layer are refused, since reading them with 0
+as a class trains every unpainted pixel as class 0: see :func:`zero_convention` for the rule.
 Training regions are level-0 boxes ``(y0, y1, x0, x1)`` (e.g. the windows a user corrected) or, without them, the
 whole level.
 """
@@ -25,6 +27,8 @@ IGNORE_INDEX = 255
 MAX_REGION_PIXELS = 2**26
 #: Side of the random windows drawn from an image too large to read whole (self-supervised training).
 RANDOM_WINDOW = 1024
+#: Labels look like scribbles when 0 covers at least this share of their pixels and two or more values are painted.
+SCRIBBLE_ZERO_SHARE = 0.9
 
 Region = tuple[int, int, int, int]
 
@@ -38,6 +42,7 @@ class Patch:
     origin: tuple[int, int]  # (y, x) of the region in level pixels
     _labelled: np.ndarray | None = field(default=None, repr=False)
     input_range: InputRange | None = None  # the image's raw values that are the model's 0..1 (None: its dtype's)
+    zero_is_unlabelled: bool | None = None  # how the labels were read (None: no labels)
 
     @property
     def labelled(self) -> np.ndarray:
@@ -71,6 +76,38 @@ def to_classes(raw: np.ndarray, num_classes: int | None, *, ignore_index: int = 
     out = classes.astype(np.uint8)
     out[unlabelled] = IGNORE_INDEX
     return out
+
+
+def zero_convention(raws: Sequence[np.ndarray], zero_is_unlabelled: bool | None, *,
+                    ignore_index: int = IGNORE_INDEX) -> bool:
+    """Whether 0 is unlabelled in the label values ``raws``: as given, else decided, or refused when ambiguous.
+
+    Undecided (``None``), 0 is a class unless the labels look painted on an empty napari layer: no pixel is
+    ``ignore_index``, 0 covers at least ``SCRIBBLE_ZERO_SHARE`` of them and two or more non-zero values occur.
+    Those are refused, since either reading is plausible and the wrong one trains nonsense without a word.
+    """
+    if zero_is_unlabelled is not None:
+        return zero_is_unlabelled
+    total = sum(r.size for r in raws)
+    if not total or any((r == ignore_index).any() for r in raws):
+        return False
+    zeros = sum(int(np.count_nonzero(r == 0)) for r in raws)
+    painted = set().union(*(np.unique(r[r != 0]).tolist() for r in raws))
+    if zeros >= SCRIBBLE_ZERO_SHARE * total and len(painted) >= 2:
+        raise HiresError(
+            f"the labels look like scribbles: 0 covers {zeros / total:.1%} of them, with values "
+            f"{', '.join(str(v) for v in sorted(painted)[:6])} painted; say what 0 means: --zero-is-unlabelled "
+            "(zero_is_unlabelled=True, \"0 means unlabelled\": 0 is not trained on and label v is class v-1) or "
+            "--zero-is-class (zero_is_unlabelled=False: 0 is class 0, every unpainted pixel trains as it)"
+        )
+    return False
+
+
+def convention_note(zero_is_unlabelled: bool, ignore_index: int = IGNORE_INDEX) -> str:
+    """The label convention in use, in words, for the training summary."""
+    if zero_is_unlabelled:
+        return "labels: 0 is unlabelled, label v is class v-1"
+    return f"labels: 0 is a class, {ignore_index} is unlabelled"
 
 
 def _level_box(region: Sequence[int], factor: tuple[float, float], bounds: Box) -> Box:
@@ -112,13 +149,14 @@ def read_patches(
     regions: Sequence[Region] | None = None,
     num_classes: int | None = None,
     ignore_index: int = IGNORE_INDEX,
-    zero_is_unlabelled: bool = False,
+    zero_is_unlabelled: bool | None = False,
     seed: int = 0,
 ) -> list[Patch]:
     """Read the training regions of ``image`` (and ``labels``, same level) into memory as :class:`Patch` es.
 
     ``image``/``labels`` are Pyramids, paths or arrays; ``regions`` are level-0 boxes. Without regions the whole
     level is read, or, for unlabelled data on an image larger than ``MAX_REGION_PIXELS``, random windows of it.
+    ``zero_is_unlabelled=None`` decides the label convention by :func:`zero_convention`.
     """
     src = _source(image, level, "training image")
     lab = None if labels is None else _source(labels, level, "training labels")
@@ -138,14 +176,18 @@ def read_patches(
     else:
         raise HiresError(f"the image is {src.shape[0]} x {src.shape[1]} pixels at level {level}, too large to train "
                          "on whole; give the corrected regions (y0 y1 x0 x1) to train on")
+    raws = None if lab is None else [lab.read(box)[..., 0] for box in boxes]
+    zero = None if raws is None else zero_convention(raws, zero_is_unlabelled, ignore_index=ignore_index)
     patches = []
-    for box in boxes:
+    for k, box in enumerate(boxes):
         pixels = src.read(box)
         classes = None
-        if lab is not None:
-            classes = to_classes(lab.read(box)[..., 0], num_classes, ignore_index=ignore_index,
-                                 zero_is_unlabelled=zero_is_unlabelled, name=f"labels in {box}")
-        patches.append(Patch(pixels, classes, (box.y0, box.x0), input_range=src.input_range))
+        if raws is not None:
+            classes = to_classes(raws[k], num_classes, ignore_index=ignore_index, zero_is_unlabelled=zero,
+                                 name=f"labels in {box}")
+            raws[k] = None  # freed as soon as converted
+        patches.append(Patch(pixels, classes, (box.y0, box.x0), input_range=src.input_range,
+                             zero_is_unlabelled=zero))
     if lab is not None and not any(len(p.labelled) for p in patches):
         raise HiresError("the training regions hold no labelled pixels; paint or correct some labels first")
     return patches

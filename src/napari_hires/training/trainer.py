@@ -32,6 +32,7 @@ class TrainingJob:
     model: HiresModel
     result: TrainResult
     path: Path | None
+    zero_is_unlabelled: bool | None = None  # the label convention fine-tuning used (None: no labels)
 
 
 def _resolve(model: str | os.PathLike | HiresModel, **overrides: Any) -> HiresModel:
@@ -115,7 +116,7 @@ def fine_tune(
     level: int = 0,
     regions: Sequence[Region] | None = None,
     ignore_index: int = IGNORE_INDEX,
-    zero_is_unlabelled: bool = False,
+    zero_is_unlabelled: bool | None = None,
     settings: TrainSettings | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     cancel: CancelToken | None = None,
@@ -123,8 +124,9 @@ def fine_tune(
 ) -> TrainingJob:
     """Train a segmentation model on the labelled pixels of ``labels`` (within ``regions``); save it to ``out``.
 
-    Unlabelled pixels (``ignore_index``, or 0 with ``zero_is_unlabelled``) are left out of the loss. A cancelled
-    job saves nothing.
+    Unlabelled pixels (``ignore_index``, or 0 with ``zero_is_unlabelled``) are left out of the loss; left ``None``,
+    the convention is decided from the labels, and scribble-like ones are refused (``sampling.zero_convention``).
+    A cancelled job saves nothing.
     """
     settings = settings or TrainSettings()
     settings.check()
@@ -146,12 +148,12 @@ def fine_tune(
             "data": {"image": _origin(image), "labels": _origin(labels), "level": level,
                      "regions": [list(r) for r in regions] if regions else "whole level",
                      "labelled_pixels": int(sum(len(p.labelled) for p in patches)),
-                     "zero_is_unlabelled": zero_is_unlabelled},
+                     "zero_is_unlabelled": patches[0].zero_is_unlabelled},
             "settings": settings_record(settings, result),
         }
         extra = _class_fields(net, labels)
         path = save_trained(net, out, trained_card(net, provenance, **extra), overwrite=overwrite)
-    return TrainingJob(net, result, path)
+    return TrainingJob(net, result, path, patches[0].zero_is_unlabelled)
 
 
 def train_self_supervised(

@@ -40,6 +40,9 @@ from napari_hires.widgets._status import USER_ERRORS, report_error
 
 MODES = ("fine-tune segmentation", "self-supervised restoration (no labels needed)")
 REGIONS = ("visible region", "Shapes rectangle", "extent of the labels layer (editing window)")
+#: What 0 means in the labels: decided from them (as the API's ``zero_is_unlabelled=None``), or chosen.
+ZERO_CHOICES = [("decide (refuse scribbles)", "auto"), ("0 means unlabelled (scribbles)", True),
+                ("0 is a class", False)]
 MODEL_FILE = "model file..."
 NEW_DENOISER = "new small MAXIM"
 
@@ -97,7 +100,7 @@ class TrainRequest:
     model: Any  # registry name, model file path, or None (a new small MAXIM)
     out: str
     overwrite: bool
-    zero_is_unlabelled: bool
+    zero_is_unlabelled: bool | None  # None: decided from the labels (scribble-like ones refused)
     settings: Any  # TrainSettings
     cancel: Any = None  # the engine's CancelToken
 
@@ -217,8 +220,9 @@ class TrainWidget(QWidget):
         self.image = ComboBox(label="image", choices=self._layers_of("image"), nullable=True)
         self.labels = ComboBox(label="labels", choices=self._layers_of("labels"), nullable=True,
                                tooltip="corrected labels: a prediction store, an editing window or any Labels layer")
-        self.zero_unlabelled = CheckBox(label="0 means unlabelled (scribbles)", value=False,
-                                        tooltip="label v is class v-1 and 0 is not trained on")
+        self.zero_unlabelled = ComboBox(label="0 in the labels", choices=ZERO_CHOICES, value="auto",
+                                        tooltip="0 means unlabelled: label v is class v-1 and 0 is not trained on; "
+                                                "decided from the labels, scribble-like ones are refused")
         self.region = ComboBox(label="region", choices=list(REGIONS), value=REGIONS[0])
         self.shapes = ComboBox(label="rectangle", choices=self._layers_of("shapes"), nullable=True, visible=False,
                                tooltip="the selected (else the first) shape of this Shapes layer")
@@ -400,7 +404,8 @@ class TrainWidget(QWidget):
             labels=None if labels is None else _layers.level0(labels),
             offset=(0, 0) if labels is None else labels_offset(labels, image),
             region=self.chosen_region(image, labels), model=self._model_choice(), out=out,
-            overwrite=self.overwrite.value, zero_is_unlabelled=self.zero_unlabelled.value, settings=settings,
+            overwrite=self.overwrite.value, settings=settings,
+            zero_is_unlabelled=None if self.zero_unlabelled.value == "auto" else self.zero_unlabelled.value,
         )
 
     # ------------------------------------------------------------------ training
@@ -444,14 +449,17 @@ class TrainWidget(QWidget):
             self.status.value = f"step {step.step}/{step.steps} · loss {step.loss:.4f} · {step.seconds:.0f} s"
 
     def _on_trained(self, job: Any) -> None:
+        from napari_hires.training.sampling import convention_note
+
         result = job.result
         if result.cancelled:
             self.status.value = f"cancelled after {result.steps_done} steps; no model file written"
             return
         self.job = job
         self._output_auto = True
+        note = "" if job.zero_is_unlabelled is None else f"; {convention_note(job.zero_is_unlabelled)}"
         self.status.value = (f"trained {result.steps_done} steps in {result.seconds:.1f} s on {result.device}; "
-                             f"saved {job.path}")
+                             f"saved {job.path}{note}")
 
     def _on_error(self, err: Exception) -> None:
         report_error(self.status, err, (*USER_ERRORS, ValueError))
