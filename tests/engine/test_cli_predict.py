@@ -155,6 +155,24 @@ def test_ctrl_c_finishes_blocks_in_flight_and_the_same_command_resumes(image, mo
         assert np.array_equal(mine, theirs)
 
 
+def test_an_untrained_registered_model_warns_and_resumes_after_ctrl_c(image, tmp_path, capsys):
+    """An untrained architecture builds the same weights in every process, so a rerun resumes its own store, and
+    every run says in one line that its output is random."""
+    out = str(tmp_path / "untrained.zarr")
+    argv = ["predict", image, out, "--model", "hct_tiny_seg", *FAST]
+    warning = "napari-hires predict: warning: hct_tiny_seg has no trained weights"
+    done = interrupt_after_first_block(argv, out)
+    assert done.returncode == 130, done.stderr
+    assert warning in done.stderr
+
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    skipped = int(captured.out.split(" skipped")[0].rsplit(" ", 1)[-1])
+    assert 0 < skipped < BLOCKS and f"{BLOCKS - skipped} done, {skipped} skipped of {BLOCKS}" in captured.out
+    lines = [line for line in captured.err.splitlines() if "no trained weights" in line]
+    assert len(lines) == 1 and lines[0].startswith(warning) and "random" in lines[0]
+
+
 def test_cluster_runs_report_bad_names_and_paths_as_one_line(image, tmp_path, capsys):
     out = tmp_path / "o.zarr"
     assert cli.main(["predict", image, str(out), "--model", "hct_tiny_sg", "--workers", "2"]) == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import inspect
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -119,3 +121,18 @@ def test_padding_gives_back_input_size_and_checks_channels():
     assert model(torch.rand(1, 3, 13, 18)).shape == (1, 4, 13, 18)
     with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
         model(torch.rand(1, 1, 13, 18))
+
+
+def test_an_untrained_architecture_has_the_same_weights_in_every_process_and_leaves_the_rng_alone(tmp_path):
+    """create_model without weights is deterministic (so reruns resume), without touching the caller's RNG."""
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    here = create_model("hct_tiny_seg").state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    saved = tmp_path / "there.pt"
+    code = ("import sys, torch; torch.manual_seed(7); from napari_hires.models import create_model; "
+            "torch.save(create_model('hct_tiny_seg').state_dict(), sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(saved)], check=True, timeout=300)
+    there = torch.load(saved, weights_only=True)
+    assert here.keys() == there.keys()
+    assert all(torch.equal(here[k], there[k]) for k in here)
