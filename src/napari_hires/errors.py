@@ -33,6 +33,10 @@ class UnverifiedWeightsWarning(HiresWarning):
     """A model file whose card records no digest of its weights (older or hand-made), so damage goes unnoticed."""
 
 
+class UntrainedModelWarning(HiresWarning):
+    """A registered architecture without trained weights: its output is random, good only for trying the pipeline."""
+
+
 #: errno of a failed write -> (what happened, what to do), in the words of every "cannot write" error.
 WRITE_ERRORS = {
     errno.EROFS: ("read-only file system", "choose another output"),

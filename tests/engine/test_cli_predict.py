@@ -84,8 +84,9 @@ def test_unknown_model_is_one_line_naming_close_names(image, tmp_path, capsys):
 
 
 def test_existing_output_needs_overwrite(image, model_file, local_store, capsys):
+    """Another model's run (here the trained weights, not the fixture's untrained ones) is refused on this store."""
     before = labels(local_store)
-    assert cli.main(["predict", image, local_store, "--model", "hct_tiny_seg", *FAST]) == 2
+    assert cli.main(["predict", image, local_store, "--model", "hct_tiny_seg_synthetic", *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and local_store in err and "--overwrite" in err
     assert all(np.array_equal(a, b) for a, b in zip(before, labels(local_store)))

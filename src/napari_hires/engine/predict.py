@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from napari_hires.engine.regions import channel_adapter, classify_pixels, dense_
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
 from napari_hires.engine.source import ImageSource, as_source
 from napari_hires.engine.tiling import Box, TileLayout, context_box, layout_for, output_grid
-from napari_hires.errors import HiresError
+from napari_hires.errors import HiresError, UntrainedModelWarning
 from napari_hires.io.job_identity import content_identity
 from napari_hires.io.output_lock import OutputLock, lock_output
 from napari_hires.io.output_path import check_output, check_writable
@@ -63,8 +64,9 @@ class PredictionResult:
         return self.pixels / self.seconds / 1e6 if self.seconds else float("nan")
 
 
-def resolve_model(model: str | os.PathLike | HiresModel) -> HiresModel:
-    """A model from a registered name, a model file (``.safetensors`` + card), or an instance."""
+def resolve_model(model: str | os.PathLike | HiresModel, *, untrained_ok: bool = False) -> HiresModel:
+    """A model from a registered name, a model file (``.safetensors`` + card), or an instance; a registered name
+    without trained weights warns that its output is random, unless ``untrained_ok`` (training it, for instance)."""
     if isinstance(model, torch.nn.Module):
         if not isinstance(model, HiresModel):
             raise HiresError(
@@ -79,7 +81,18 @@ def resolve_model(model: str | os.PathLike | HiresModel) -> HiresModel:
         return load_model(text)
     from napari_hires.models.registry import create_model
 
-    return create_model(text)
+    net = create_model(text)
+    if not untrained_ok:
+        warn_if_untrained(text)
+    return net
+
+
+def warn_if_untrained(name: str) -> None:
+    """Warn that the registered model ``name`` has no trained weights (its output is random), if so."""
+    from napari_hires.models.registry import model_entry, untrained_note
+
+    if not model_entry(name).trained:
+        warnings.warn(untrained_note(name), UntrainedModelWarning, stacklevel=3)
 
 
 @dataclass
@@ -133,7 +146,7 @@ def plan_prediction(
     model_file = os.fspath(model) if isinstance(model, (str, os.PathLike)) and os.path.exists(model) else None
     check_output(out, [source.path, model_file])
     check_writable(out)
-    net = resolve_model(model)
+    net = resolve_model(model, untrained_ok=True)  # warned below, once the run is sure to start
     channel_adapter(source.channels, net.in_channels, source.name)
     layout = layout_for(net, tile, overlap)
     bounds = source.bounds
@@ -177,6 +190,8 @@ def plan_prediction(
             skipped += 1
             continue
         todo.append((index, box, want))
+    if isinstance(model, (str, os.PathLike)) and model_file is None:
+        warn_if_untrained(os.fspath(model))
     return PredictionPlan(source, net, layout, spec, classify, stride, todo, skipped, lock)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import threading
+import zlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
@@ -30,6 +31,7 @@ class ModelEntry:
     builder: Callable[..., HiresModel]
     description: str = ""
     published: bool = False  # a configuration from the paper (vs. a small one for CPU demos and tests)
+    trained: bool = False  # the builder loads trained weights (vs. a random initialisation, for trying the pipeline)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -37,13 +39,15 @@ _loaded = False
 _load_lock = threading.RLock()  # widgets list models from worker threads while the main thread may be loading
 
 
-def register_model(name: str, *, family: str, task: Task, description: str = "", published: bool = False):
-    """Decorator for a builder ``(**overrides) -> HiresModel`` that registers it under ``name``."""
+def register_model(name: str, *, family: str, task: Task, description: str = "", published: bool = False,
+                   trained: bool = False):
+    """Decorator for a builder ``(**overrides) -> HiresModel`` that registers it under ``name``; ``trained`` says
+    that the builder loads trained weights."""
 
     def wrap(builder: Callable[..., HiresModel]) -> Callable[..., HiresModel]:
         if name in _REGISTRY and _REGISTRY[name].builder is not builder:
             raise HiresError(f"model name {name!r} is already registered by {_REGISTRY[name].family}")
-        _REGISTRY[name] = ModelEntry(name, family, task, builder, description, published)
+        _REGISTRY[name] = ModelEntry(name, family, task, builder, description, published, trained)
         return builder
 
     return wrap
@@ -70,6 +74,15 @@ def _ensure_loaded() -> None:
         _loaded = True
 
 
+def untrained_note(name: str) -> str:
+    """Why the output of the untrained architecture ``name`` means nothing, and which trained models to use instead."""
+    entry = model_entry(name)
+    trained = [n for n, e in sorted(_REGISTRY.items()) if e.trained and e.task == entry.task]
+    instead = f"a trained model ({', '.join(trained)})" if trained else "a trained model"
+    return (f"{name} has no trained weights: its output is random, for trying the pipeline only; "
+            f"use {instead} or a model file")
+
+
 def list_models(pattern: str = "*", task: Task | None = None) -> list[str]:
     """Sorted names of registered models matching a glob ``pattern`` (and ``task`` when given)."""
     _ensure_loaded()
@@ -91,13 +104,19 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, **overrides) -> HiresModel:
-    """Build a fresh (randomly initialised) model by registered name; ``overrides`` change its configuration.
+    """Build a model by registered name; ``overrides`` change its configuration.
 
+    An untrained architecture is initialised from a seed fixed by its name, in a forked RNG: the same name gives the
+    same weights in every process (so a rerun resumes its own store), and the caller's random state is left as it was.
     The model remembers its name and overrides so that :func:`save_model` can write a card that rebuilds it.
     """
+    import torch
+
     entry = model_entry(name)
     try:
-        model = entry.builder(**overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(name.encode()))
+            model = entry.builder(**overrides)
     except TypeError as err:
         raise HiresError(f"cannot build {name!r} with overrides {overrides}: {err}") from None
     model.registry_name, model.registry_overrides = name, dict(overrides)

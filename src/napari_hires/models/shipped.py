@@ -52,4 +52,4 @@ def _builder(name: str):
 
 
 for _name, (_family, _task, _desc) in SHIPPED.items():
-    register_model(_name, family=_family, task=_task, description=_desc)(_builder(_name))
+    register_model(_name, family=_family, task=_task, description=_desc, trained=True)(_builder(_name))

@@ -45,7 +45,7 @@ def _resolve(model: str | os.PathLike | HiresModel, **overrides: Any) -> HiresMo
         return create_model(os.fspath(model), **overrides)
     from napari_hires.engine.predict import resolve_model
 
-    return resolve_model(model)
+    return resolve_model(model, untrained_ok=True)  # training is what an untrained architecture is for
 
 
 def _model_name(model: str | os.PathLike | HiresModel) -> str:

@@ -37,15 +37,10 @@ _sizes: dict[str, int] = {}
 
 
 def registry_model(name: str) -> Any:
-    """A registered model built with a fixed seed, so that the same name always gives the same weights (and a rerun
-    of an untrained model resumes its own store instead of meeting a different weights digest)."""
-    import torch
-
+    """A registered model (the same name always gives the same weights), its parameter count noted for the list."""
     from napari_hires.models import count_parameters, create_model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = create_model(name)
+    model = create_model(name)
     _sizes[name] = count_parameters(model)
     return model
 
