@@ -105,11 +105,10 @@ def summary(result: Any) -> str:
     if not result.pixels:
         return (f"nothing left to predict: all {result.blocks_total} blocks were already written; "
                 f"the store {result.path} is complete")
-    scaled = result.input_range
     return (f"predicted {result.pixels:,} pixels in {result.seconds:.1f} s ({result.megapixels_per_second:.2f} "
             f"megapixels/s), {result.tiles} tiles (k = {result.overlap_factor:.2f}), blocks: {result.blocks_done} "
             f"done, {result.blocks_skipped} skipped of {result.blocks_total} -> {result.path}"
-            + ("" if scaled is None or scaled.plain else f"; {scaled.describe()}"))
+            + result.scaling_note)
 
 
 def _check_before_cluster(image: str, model: str) -> None:

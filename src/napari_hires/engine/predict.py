@@ -63,6 +63,13 @@ class PredictionResult:
     def megapixels_per_second(self) -> float:
         return self.pixels / self.seconds / 1e6 if self.seconds else float("nan")
 
+    @property
+    def scaling_note(self) -> str:
+        """How the input was scaled, as a report's last words ("; input uint16 scaled from 0..65535"); empty in the
+        plain 8-bit case, where there is nothing to say."""
+        scaled = self.input_range
+        return "" if scaled is None or scaled.plain else f"; {scaled.describe()}"
+
 
 def resolve_model(model: str | os.PathLike | HiresModel, *, untrained_ok: bool = False) -> HiresModel:
     """A model from a registered name, a model file (``.safetensors`` + card), or an instance; a registered name

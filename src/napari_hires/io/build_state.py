@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 #: Root attribute holding {"state": "writing" | "complete"} (and, while writing, the job's "run" record).
@@ -9,6 +11,18 @@ MARKER = "napari_hires"
 #: Root attribute of a complete store written by a job with a run record: that record, so that a rerun of the same
 #: job finds its work done instead of refusing the store.
 RUN_RECORD = "napari_hires_run"
+
+
+def store_marker(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(marker, root attributes) of the zarr v3 store at ``path`` when its root carries napari-hires's marker; None
+    for anything else (no store, another tool's store, unreadable metadata). Reads the root document only."""
+    try:
+        doc = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
+        attrs = doc.get("attributes") or {}
+        marker = attrs.get(MARKER)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return (marker, attrs) if isinstance(marker, dict) else None
 
 
 def is_incomplete(attrs: dict[str, Any]) -> bool:

@@ -13,7 +13,6 @@ readers recognise as incomplete instead of one that looks whole.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import sys
@@ -27,7 +26,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from napari_hires.errors import HiresError, OutputExistsError
-from napari_hires.io.build_state import MARKER, RUN_RECORD
+from napari_hires.io.build_state import MARKER, RUN_RECORD, store_marker
 from napari_hires.io.downsample import downsample_mean, downsample_mode
 from napari_hires.io.job_identity import describe_difference
 from napari_hires.io.output_path import check_output, check_writable, prepare_output
@@ -326,13 +325,10 @@ def _store_dtype(pyr: Pyramid) -> np.dtype:
 def _recorded(out: Path) -> tuple[str, dict[str, Any] | None] | None:
     """(state, run record) of a napari-hires store at ``out`` ("writing" or "complete"); None when there is none
     (or its metadata is unreadable: then it is not ours to reopen)."""
-    try:
-        attrs = json.loads((out / "zarr.json").read_text(encoding="utf-8")).get("attributes") or {}
-    except (OSError, ValueError, AttributeError):
+    found = store_marker(out)
+    if found is None or found[0].get("state") not in ("writing", "complete"):
         return None
-    marker = attrs.get(MARKER)
-    if not isinstance(marker, dict) or marker.get("state") not in ("writing", "complete"):
-        return None
+    marker, attrs = found
     if marker["state"] == "writing":
         return "writing", marker.get("run")
     return "complete", attrs.get(RUN_RECORD)

@@ -7,7 +7,6 @@ any work, so a mistyped path costs a one-line error instead of the user's data o
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from napari_hires.errors import WRITE_ERRORS, HiresError, OutputExistsError
-from napari_hires.io.build_state import MARKER
+from napari_hires.io.build_state import MARKER, store_marker
 
 _ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
 
@@ -59,11 +58,7 @@ def check_writable(out: str | os.PathLike) -> None:
 
 def written_by_napari_hires(path: str | os.PathLike) -> bool:
     """True for a zarr store whose root metadata carries napari-hires's marker (every store it writes does)."""
-    try:
-        doc = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and isinstance((doc.get("attributes") or {}).get(MARKER), dict)
+    return store_marker(path) is not None
 
 
 def prepare_output(out: str | os.PathLike, overwrite: bool) -> None:

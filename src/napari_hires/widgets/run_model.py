@@ -507,12 +507,11 @@ class RunModelWidget(QWidget):
             self.status.value = (f"cancelled: {result.blocks_done + result.blocks_skipped} of {result.blocks_total} "
                                  "blocks done; Run resumes")
         else:
-            scaled = result.input_range
             self.status.value = (f"done: {result.blocks_done} blocks in {result.seconds:.1f} s, "
                                  f"{result.megapixels_per_second:.2f} Mpx/s"
                                  + (f" ({result.blocks_skipped} from an earlier run)" if result.blocks_skipped
                                     else "")
-                                 + ("" if scaled is None or scaled.plain else f"; {scaled.describe()}"))
+                                 + result.scaling_note)
             self.status.tooltip = f"written to {result.path}"
 
     def _on_error(self, err: Exception) -> None:
