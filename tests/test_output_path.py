@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_hires.cli_train import add_train_parser
+from napari_hires.cli.train import add_parser as add_train_parser
 from napari_hires.errors import HiresError
 from napari_hires.io.ome_zarr_writer import write_ome_zarr
 from napari_hires.io.pyramid import Pyramid

@@ -17,7 +17,7 @@ from conftest import ConvNet
 from scipy.ndimage import binary_dilation
 from tiny_restorer import TinyRestorer
 
-from napari_hires.cli_predict import summary
+from napari_hires.cli.predict import summary
 from napari_hires.engine import Box, TileRunner, plan_prediction, predict
 from napari_hires.engine.preview import PreviewService, predict_rectangle
 from napari_hires.engine.source import as_source

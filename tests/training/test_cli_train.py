@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from napari_hires.cli_train import add_train_parser
+from napari_hires.cli.train import add_parser as add_train_parser
 from napari_hires.errors import HiresError
 from napari_hires.io.ome_zarr_writer import write_ome_zarr
 from napari_hires.io.synthetic import synthetic_slide

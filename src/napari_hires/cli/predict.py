@@ -14,25 +14,13 @@ import sys
 import threading
 from typing import Any, Iterator
 
+from napari_hires.cli.args import non_negative, positive
+
 #: Seconds to wait for a scheduler given with --scheduler before saying it cannot be reached.
 CONNECT_TIMEOUT = 20
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``predict`` sub-command to ``sub`` (from ``parser.add_subparsers``) and return its parser."""
     p = sub.add_parser(
         "predict", help="run a model over an image into a resumable OME-Zarr store",
@@ -43,16 +31,16 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("output", help="output .zarr path")
     p.add_argument("--model", required=True, metavar="NAME|FILE",
                    help="a registered model name or a model file (.safetensors with its .json card)")
-    p.add_argument("--level", type=_non_negative, default=0, help="pyramid level of INPUT to predict (0: full)")
-    p.add_argument("--region", nargs=4, type=_non_negative, metavar=("Y0", "Y1", "X0", "X1"),
+    p.add_argument("--level", type=non_negative, default=0, help="pyramid level of INPUT to predict (0: full)")
+    p.add_argument("--region", nargs=4, type=non_negative, metavar=("Y0", "Y1", "X0", "X1"),
                    help="predict only this rectangle (pixels of --level)")
-    p.add_argument("--tile", type=_positive, default=None,
+    p.add_argument("--tile", type=positive, default=None,
                    help="model input tile side in pixels (default: the model's own, from its card)")
-    p.add_argument("--overlap", type=_non_negative, default=None,
+    p.add_argument("--overlap", type=non_negative, default=None,
                    help="pixels between neighbouring tiles (default: the model's halo plus a cross-fade)")
-    p.add_argument("--batch", type=_positive, default=4, help="tiles per model call (halves on out-of-memory)")
-    p.add_argument("--chunk", type=_positive, default=512, help="output chunk side in pixels")
-    p.add_argument("--block", type=_positive, default=None,
+    p.add_argument("--batch", type=positive, default=4, help="tiles per model call (halves on out-of-memory)")
+    p.add_argument("--chunk", type=positive, default=512, help="output chunk side in pixels")
+    p.add_argument("--block", type=positive, default=None,
                    help="output block side in pixels, a multiple of --chunk (default: about four tiles)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
@@ -60,15 +48,15 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT instead of refusing or resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive, metavar="N",
+    where.add_argument("--workers", type=positive, metavar="N",
                        help="run on a local dask cluster of N worker processes")
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="run on an existing dask cluster (e.g. tcp://host:8786); paths must be shared")
-    p.set_defaults(func=run_predict)
+    p.set_defaults(func=run)
     return p
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the command: 0 when the store is complete, 130 when interrupted (rerun to resume)."""
     from napari_hires.engine.runner import CancelToken
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 
-def add_export_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``export`` sub-command to the sub-parsers of ``napari-hires``."""
     p = sub.add_parser(
         "export",
@@ -24,11 +24,11 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--block", type=int, default=4096, help="side in pixels of the blocks read at a time")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=run)
     return p
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from napari_hires.labels.export import export_labels, export_format, open_label_source
 
     fmt = export_format(args.format, args.output if args.output is not None else args.image)

@@ -1,7 +1,5 @@
-"""The ``napari-hires`` command: the same functions as the plugin, headless.
-
-Each sub-command imports what it needs only when it runs, so ``napari-hires --help`` stays fast.
-"""
+"""``napari-hires``: the parser of every sub-command (one module each in this package), and one way to report
+their errors and warnings in a line."""
 
 from __future__ import annotations
 
@@ -14,56 +12,8 @@ import sys
 import warnings
 from typing import Callable, Iterator, Sequence
 
-from napari_hires.cli_export import add_export_parser
-from napari_hires.cli_predict import add_predict_parser
-from napari_hires.cli_train import add_train_parser
+from napari_hires.cli import demo, export, predict, pyramid, synth, train
 from napari_hires.errors import WRITE_ERRORS, HiresError, HiresWarning
-
-
-def _size(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {value}")
-    return value
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from napari_hires.demo import run_demo
-
-    run_demo(screenshot=args.screenshot, size=tuple(args.size) if args.size else None)
-    return 0
-
-
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from napari_hires.io.ome_zarr_writer import write_ome_zarr
-    from napari_hires.io.synthetic import synthetic_slide
-
-    image, labels = synthetic_slide(tuple(args.size), seed=args.seed, chunk=args.chunk, variant=args.variant)
-    out = write_ome_zarr(
-        image,
-        args.output,
-        labels=None if args.no_labels else {"ground_truth": labels},
-        chunk=args.chunk,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    print(f"wrote a {args.size[0]} x {args.size[1]} synthetic slide ({args.variant}) to {out}")
-    return 0
-
-
-def _cmd_pyramid(args: argparse.Namespace) -> int:
-    from napari_hires.io.pyramid_builder import build_pyramid
-
-    build_pyramid(
-        args.input,
-        args.output,
-        chunk=args.chunk,
-        shard=args.shard,
-        kind=args.kind,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,36 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="open napari on the built-in synthetic slide")
-    p.add_argument("--screenshot", metavar="PATH", help="render one frame to PATH (PNG) and exit")
-    p.add_argument("--size", nargs=2, type=_size, metavar=("H", "W"), help="slide size in pixels")
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("synth", help="write the synthetic slide (image and labels) to OME-Zarr")
-    p.add_argument("output", help="output .zarr path")
-    p.add_argument("--size", nargs=2, type=_size, metavar=("H", "W"), default=(8192, 8192))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunk", type=_size, default=512)
-    p.add_argument("--variant", choices=("clean", "noisy", "blurred"), default="clean")
-    p.add_argument("--no-labels", action="store_true", help="write the image only")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_synth)
-
-    p = sub.add_parser("pyramid", help="turn any readable image into an OME-Zarr 0.5 pyramid")
-    p.add_argument("input", help="TIFF/OME-TIFF/SVS, PNG, zarr or OME-Zarr")
-    p.add_argument("output", help="output .zarr path")
-    p.add_argument("--chunk", type=_size, choices=(256, 512, 1024), default=512)
-    p.add_argument("--shard", type=_size, default=None, help="shard side in pixels (a multiple of --chunk)")
-    p.add_argument("--kind", choices=("auto", "image", "labels"), default="auto",
-                   help="labels use nearest/mode downsampling, images the mean")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_pyramid)
-
-    add_predict_parser(sub)
-    add_train_parser(sub)
-    add_export_parser(sub)
+    for command in (demo, synth, pyramid, predict, train, export):
+        command.add_parser(sub)
     return parser
 
 
@@ -200,6 +122,3 @@ def _quiet_shutdown() -> None:
     sys.unraisablehook = lambda unraisable: None
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

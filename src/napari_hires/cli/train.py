@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from napari_hires.errors import HiresError
     from napari_hires.io.readers import open_image
     from napari_hires.training import TrainSettings, fine_tune, train_self_supervised
@@ -38,7 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``train`` sub-command."""
     p = sub.add_parser("train", help="fine-tune a model on corrected labels, or train a denoiser self-supervised")
     p.add_argument("image", help="image to train on (OME-Zarr, zarr, TIFF, ...)")
@@ -66,4 +66,4 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no loss per step")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=run)
