@@ -5,7 +5,7 @@
 
 The other revision is checked out (``git worktree add --detach``) into a temporary folder and removed afterwards.
 Each repetition runs the two trees one after the other, in alternating order, each in a fresh subprocess with its
-own ``src/`` first on the path, on the same synthetic slide (written once as OME-Zarr) and the same public call,
+own ``src/`` first on the path (after one uncounted warm-up of each), on the same synthetic slide (written once as OME-Zarr) and the same public call,
 ``predict(store, model, out, device=..., overwrite=True)``, timed inside the child (imports excluded). The table
 gives the medians, after / before, and the machine's noise: the largest spread (max / min) of one tree's own
 repetitions. A row is slower only where its ratio exceeds that noise.
@@ -93,11 +93,12 @@ def main() -> None:
         rows = []
         for model in [m for m in args.models.split(",") if m]:
             times: dict[str, list[float]] = {"before": [], "after": []}
-            for rep in range(args.reps):
+            for rep in range(args.reps + 1):  # repetition 0 warms the file cache and is not counted
                 order = ("before", "after") if rep % 2 == 0 else ("after", "before")
                 for which in order:
                     row = run_child(trees[which], store, model, work / "out.zarr", args.device, args.threads)
-                    times[which].append(row["seconds"])
+                    if rep:
+                        times[which].append(row["seconds"])
                     print(json.dumps(dict(model=model, which=which, **row)), file=sys.stderr, flush=True)
             before, after = statistics.median(times["before"]), statistics.median(times["after"])
             noise = max(max(t) / min(t) for t in times.values())

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/inference.py                          # every small model + a 1M-parameter U-Net
     .venv/bin/python benchmarks/inference.py --models unet_1m --size 2048 --reps 3
     .venv/bin/python benchmarks/inference.py --memory-gp 1 4          # the 1 and 4 gigapixel memory rows
+    .venv/bin/python benchmarks/inference.py --against c71de86        # this tree's predict against a revision's
 
 Speed rows, per model, on the synthetic slide written once as OME-Zarr under $TMPDIR/napari_hires_bench:
 - pure: model tile pixels/s on in-memory random tiles (same tile, batch, device, dtype; inference_mode); where our
@@ -381,11 +382,18 @@ def main() -> None:
                              "15 and 60 minutes on a 2-core CPU)")
     parser.add_argument("--monai-mp", type=float, nargs="*", default=[64, 256],
                         help="input sizes in megapixels for MONAI's memory rows")
+    parser.add_argument("--against", metavar="REV", help="compare this tree's predict with git revision REV, "
+                        "interleaved (benchmarks/compare_revisions.py; --models, --size, --reps, --device apply)")
     parser.add_argument("--child", choices=["ours", "monai"], help=argparse.SUPPRESS)
     parser.add_argument("--child-side", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.against:
+        compare = [sys.executable, str(Path(__file__).with_name("compare_revisions.py")), "--against", args.against,
+                   "--reps", str(args.reps), "--device", args.device, "--size", str(args.size or 2048)]
+        models = [m for m in args.models.split(",") if m and m != "unet_1m"]
+        raise SystemExit(subprocess.call(compare + ["--models", ",".join(models)]))
     if args.child:
         memory_child(args.child, args.child_side, args.tile or 1024, args.device)
         return
