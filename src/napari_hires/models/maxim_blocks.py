@@ -281,6 +281,23 @@ class UpSampleRatio(nn.Module):
         return self.proj(x)
 
 
+def _multi_axis_groups(features: int, block_size: int, grid_size: int, num_groups: int, input_proj_factor: int,
+                       block_factor: int, grid_factor: int, eps: float) -> nn.ModuleList:
+    """The multi-axis gMLP block of each group of an encoder, decoder or bottleneck block."""
+    return nn.ModuleList(
+        MultiAxisGmlp(features, block_size, grid_size, input_proj_factor, block_factor, grid_factor, eps)
+        for _ in range(num_groups)
+    )
+
+
+def _residual_groups(x: torch.Tensor, mabs: nn.ModuleList, cabs: nn.ModuleList) -> torch.Tensor:
+    """Groups of [multi-axis gMLP, channel attention] under one long residual connection."""
+    shortcut = x
+    for mab, cab in zip(mabs, cabs):
+        x = cab(mab(x))
+    return x + shortcut
+
+
 class EncoderBlock(nn.Module):
     """Conv1x1 to ``features``, groups x [MAB, RCAB], long residual, optional CGB with the previous stage, downsample.
 
@@ -294,10 +311,8 @@ class EncoderBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.proj = Conv(cin, features)
-        self.mabs = nn.ModuleList(
-            MultiAxisGmlp(features, block_size, grid_size, input_proj_factor, block_factor, grid_factor, eps)
-            for _ in range(num_groups)
-        )
+        self.mabs = _multi_axis_groups(features, block_size, grid_size, num_groups, input_proj_factor, block_factor,
+                                       grid_factor, eps)
         self.rcabs = nn.ModuleList(RCAB(features, reduction, lrelu_slope, eps) for _ in range(num_groups))
         self.cross = (
             CrossGatingBlock(features, features, features, block_size, grid_size, False, input_proj_factor, eps)
@@ -311,11 +326,7 @@ class EncoderBlock(nn.Module):
         """``skip`` is concatenated to the input; ``prev`` (previous stage's enc + dec) feeds the CGB."""
         if skip is not None:
             x = torch.cat([x, skip], dim=-1)
-        x = self.proj(x)
-        shortcut = x
-        for mab, rcab in zip(self.mabs, self.rcabs):
-            x = rcab(mab(x))
-        x = x + shortcut
+        x = _residual_groups(self.proj(x), self.mabs, self.rcabs)
         if self.cross is not None:
             x, _ = self.cross(x, prev)
         if self.down is None:
@@ -344,15 +355,9 @@ class BottleneckBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.proj = Conv(cin, features)
-        self.mabs = nn.ModuleList(
-            MultiAxisGmlp(features, block_size, grid_size, input_proj_factor, block_factor, grid_factor, eps)
-            for _ in range(num_groups)
-        )
+        self.mabs = _multi_axis_groups(features, block_size, grid_size, num_groups, input_proj_factor, block_factor,
+                                       grid_factor, eps)
         self.rdcabs = nn.ModuleList(RDCAB(features, reduction, eps) for _ in range(num_groups))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)
-        shortcut = x
-        for mab, rdcab in zip(self.mabs, self.rdcabs):
-            x = rdcab(mab(x))
-        return x + shortcut
+        return _residual_groups(self.proj(x), self.mabs, self.rdcabs)
