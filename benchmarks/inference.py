@@ -178,11 +178,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def pure_rate(net: HiresModel, tile: int, batch: int, device: str, budget_s: float = 4.0) -> float:
-    """Model-only tile pixels/s on random in-memory tiles already on the device (median of timed batches)."""
-    runner = TileRunner(net, device=device, batch=batch)
+def pure_rate(net: HiresModel, tile: int, batch: int, device: str, budget_s: float = 4.0, precision: str = "auto",
+              channels_last: bool = True) -> float:
+    """Model-only tile pixels/s on random in-memory tiles already on the device (median of timed batches);
+    ``channels_last=False`` times the model and tiles as plain NCHW (what the runner does on CUDA is channels-last)."""
+    runner = TileRunner(net, device=device, batch=batch, precision=precision)
     rng = np.random.default_rng(0)
     x = runner.to_input(rng.integers(0, 256, (batch, tile, tile, net.in_channels), dtype=np.uint8))
+    if not channels_last:
+        runner.model.to(memory_format=torch.contiguous_format)
+        x = x.contiguous()
     times: list[float] = []
     with torch.inference_mode(), autocast(runner.device, runner.amp_dtype):
         runner.model(x)  # warm-up

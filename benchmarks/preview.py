@@ -43,37 +43,48 @@ def run(service_args: dict, box: tuple[int, int, int, int], centre_first: bool) 
     return (firsts[0] if firsts else total), total, tiles[0]
 
 
+def measure(model: str, view: tuple[int, int], device: str, reps: int, batch: int = 1) -> list[dict]:
+    """One row per configuration (cells x order): medians of ``reps`` alternating runs on ``view`` (width,
+    height) of the noisy synthetic slide, each on a fresh service sharing one runner."""
+    width, height = view
+    image, _ = synthetic_slide((2048, 2048), variant="noisy", chunk=512, min_size=512)
+    image = image.with_levels([da.from_array(lv.compute(), chunks=(512, 512, 3)) for lv in image.levels])
+    box = (300, 300 + height, 300, 300 + width)
+    net = resolve_model(model)
+    layout = layout_for(net)
+    runner = TileRunner(net, device=device, batch=batch)  # batch 1: as the widget builds it on a CPU
+    stride = layout.tile - layout.overlap
+    configs = [(256, False), (256, True), (stride, False), (stride, True)]
+    times: dict[tuple[int, bool], list[tuple[float, float, int]]] = {c: [] for c in configs}
+    run(dict(runner=runner, pyramid=image, layout=layout), (0, 64, 0, 64), False)  # warm-up
+    for _ in range(reps):
+        for cell, centre_first in configs:
+            times[cell, centre_first].append(
+                run(dict(runner=runner, pyramid=image, layout=layout, cell=cell), box, centre_first))
+    rows = []
+    for (cell, centre_first), runs in times.items():
+        first, total = (statistics.median(r[i] for r in runs) for i in (0, 1))
+        rows.append(dict(cells=f"{cell} px" + (" (one tile stride)" if cell == stride else ""),
+                         order="centre first" if centre_first else "merged", first=first, all=total,
+                         tiles=runs[0][2], tile=layout.tile, overlap=layout.overlap, device=str(runner.device)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="maxim_nano_denoise_synthetic")
     parser.add_argument("--view", type=int, nargs=2, default=(1400, 900), metavar=("WIDTH", "HEIGHT"))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
-    width, height = args.view
-    image, _ = synthetic_slide((2048, 2048), variant="noisy", chunk=512, min_size=512)
-    image = image.with_levels([da.from_array(lv.compute(), chunks=(512, 512, 3)) for lv in image.levels])
-    box = (300, 300 + height, 300, 300 + width)
-    net = resolve_model(args.model)
-    layout = layout_for(net)
-    runner = TileRunner(net, device=args.device, batch=1)  # as the widget builds it on a CPU
-    stride = layout.tile - layout.overlap
-    configs = [(256, False), (256, True), (stride, False), (stride, True)]
-    times: dict[tuple[int, bool], list[tuple[float, float, int]]] = {c: [] for c in configs}
-    run(dict(runner=runner, pyramid=image, layout=layout), (0, 64, 0, 64), False)  # warm-up
-    for _ in range(args.reps):
-        for cell, centre_first in configs:
-            times[cell, centre_first].append(
-                run(dict(runner=runner, pyramid=image, layout=layout, cell=cell), box, centre_first))
-    print(f"model: {args.model} (tile {layout.tile}, overlap {layout.overlap}), view {width} x {height} px at "
-          f"level 0, device {args.device}, {args.reps} repetitions")
+    rows = measure(args.model, tuple(args.view), args.device, args.reps, args.batch)
+    print(f"model: {args.model} (tile {rows[0]['tile']}, overlap {rows[0]['overlap']}), view {args.view[0]} x "
+          f"{args.view[1]} px at level 0, device {args.device}, batch {args.batch}, {args.reps} repetitions")
     print("\n| cells | order | first s | all s | tiles |")
     print("|---|---|---|---|---|")
-    for (cell, centre_first), rows in times.items():
-        first, total = (statistics.median(r[i] for r in rows) for i in (0, 1))
-        name = f"{cell} px" + (" (one tile stride)" if cell == stride else "")
-        print(f"| {name} | {'centre first' if centre_first else 'merged'} | {first:.2f} | {total:.2f} "
-              f"| {rows[0][2]} |")
+    for r in rows:
+        print(f"| {r['cells']} | {r['order']} | {r['first']:.2f} | {r['all']:.2f} | {r['tiles']} |")
 
 
 if __name__ == "__main__":
