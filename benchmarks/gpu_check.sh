@@ -10,13 +10,13 @@
 #
 # Python: $PYTHON if set; else python3 with .whl/ installed into /tmp/site where .whl/ exists and python3 is 3.12
 # (the wheels' version); else .venv/bin/python. Results: $WORK (default $OUT, else a fresh temporary folder) gets
-# tests.xml, rows.jsonl, the parts' logs and table.md. Exit status: 1 when a test failed or did not run.
+# machine.txt, tests.xml, tests.log, rows.jsonl, parts.log and table.md. Exit status: 1 when a test failed or did not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
 BUDGET_S=${BUDGET_S:-420}
 WORK=${WORK:-${OUT:-$(mktemp -d)}}
-mkdir -p "$WORK"
+mkdir -p "$WORK" && rm -f "$WORK"/{machine.txt,tests.xml,tests.log,rows.jsonl,parts.log,table.md}
 
 if [ -z "${PYTHON:-}" ] && [ -d .whl ] && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -48,25 +48,25 @@ left() { echo $((deadline - $(date +%s) > 10 ? deadline - $(date +%s) : 10)); }
 
 # The cuda-marked tests: napari, Qt and their pytest plugins are not needed (nor installed on a GPU machine).
 echo "== tests (pytest -m cuda)"
-timeout "$(left)" "$PYTHON" -m pytest -q -p no:cacheprovider -p no:napari -p no:napari-plugin-engine -p no:npe2 \
-    -p no:pytest-qt -p no:xvfb -p no:zarr -m cuda --junitxml="$WORK/tests.xml" tests/engine/test_cuda.py \
+timeout --kill-after=10 "$(left)" "$PYTHON" -m pytest -q -p no:cacheprovider -p no:napari -p no:napari-plugin-engine \
+    -p no:npe2 -p no:pytest-qt -p no:xvfb -p no:zarr -m cuda --junitxml="$WORK/tests.xml" tests/engine/test_cuda.py \
     2>&1 | tee "$WORK/tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 # Each part starts no row after its own share of the budget; the last one runs to its end.
-rm -f "$WORK/rows.jsonl"
-for part_share in runner:20 inference:60 training:85 preview:100; do
+for part_share in runner:50 inference:65 training:85 preview:100; do
     part=${part_share%%:*}
     part_deadline=$((start + BUDGET_S * ${part_share##*:} / 100))
     echo "== $part"
-    timeout "$(left)" "$PYTHON" benchmarks/gpu_rows.py "$part" --device "$DEVICE" --rows "$WORK/rows.jsonl" \
-        --deadline "$part_deadline" > "$WORK/$part.log" 2>&1
-    rc=$?
-    tail -n 3 "$WORK/$part.log"
+    echo "== $part" >> "$WORK/parts.log"
+    timeout --kill-after=10 "$(left)" "$PYTHON" benchmarks/gpu_rows.py "$part" --device "$DEVICE" \
+        --rows "$WORK/rows.jsonl" --deadline "$part_deadline" 2>&1 | tee -a "$WORK/parts.log" | tail -n 3
+    rc=${PIPESTATUS[0]}
     if [ $rc -ne 0 ]; then
+        why="exited with $rc, see parts.log"
+        [ $rc -eq 124 ] || [ $rc -eq 137 ] && why="stopped at the time budget"
         printf '{"part": "%s", "row": "(the part)", "setting": "", "value": null, "unit": "", "note": "%s"}\n' \
-            "$part" "$([ $rc -eq 124 ] && echo "stopped at the time budget" || echo "exited with $rc, see $part.log")" \
-            >> "$WORK/rows.jsonl"
+            "$part" "$why" >> "$WORK/rows.jsonl"
     fi
 done
 

@@ -137,14 +137,15 @@ def runner_part(rows: Rows, device: str, size: dict) -> None:
                                and runner.to_input(tiles[:1]).is_contiguous(memory_format=torch.channels_last)))
 
     class Greedy(UNet1M):
-        """The U-Net, whose forward also takes 60 % of the device's free memory (read once) per tile: two tiles or
-        more run out of memory on any GPU, one fits."""
+        """The U-Net, whose forward on CUDA also takes 60 % of the device's free memory (read once) per tile: two
+        tiles or more run out of memory on any GPU, one fits."""
 
         per_tile = int(torch.cuda.mem_get_info()[0] * 0.6)
 
         def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-            scratch = torch.empty(x.shape[0] * self.per_tile, dtype=torch.uint8, device=x.device)
-            del scratch
+            if x.is_cuda:  # not in the receptive-field probe that UNet1M runs on the CPU when it is built
+                scratch = torch.empty(x.shape[0] * self.per_tile, dtype=torch.uint8, device=x.device)
+                del scratch
             return super().forward_padded(x)
 
     def out_of_memory() -> tuple[float, str]:
