@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, fields, is_dataclass, replace
-from typing import Any, Literal, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Mapping, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from napari_hires.errors import HiresError
+
+if TYPE_CHECKING:
+    from napari_hires.models.card import ModelCard
 
 Task = Literal["segmentation", "classification", "restoration"]
 ConfigT = TypeVar("ConfigT")
@@ -56,6 +60,10 @@ class HiresModel(nn.Module):
     ``receptive_field`` (pixels of input one output pixel depends on, roughly) and ``halo`` (recommended tile overlap
     per side in input pixels for seam-free tiling), and keep their configuration dataclass in ``config``.
     ``tile_size`` is the tile the engine uses unless told otherwise (xT: a window of regions).
+
+    What a model is, :func:`napari_hires.models.create_model` declares (a model built by hand keeps the defaults,
+    "not known"): ``architecture`` (the registered name that rebuilds it with ``overrides``), ``tag`` (its trained
+    weights, as in ``hct_tiny_seg.synthetic``), ``card`` (of the file its weights came from) and ``trained``.
     """
 
     task: Task
@@ -66,6 +74,19 @@ class HiresModel(nn.Module):
     halo: int = 0
     tile_size: int = 512
     config: Any = None
+    architecture: str | None = None
+    overrides: Mapping[str, Any] = MappingProxyType({})
+    tag: str | None = None
+    card: ModelCard | None = None
+    #: True: trained weights (a tag, a model file, a training run); False: an architecture's random initialisation.
+    trained: bool | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The registered name that gives this model again: ``architecture`` or ``architecture.tag``."""
+        if self.architecture is None:
+            return None
+        return f"{self.architecture}.{self.tag}" if self.tag else self.architecture
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError

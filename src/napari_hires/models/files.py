@@ -35,7 +35,7 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def card_for(model: HiresModel, **fields) -> ModelCard:
     """A card describing ``model`` as built by ``create_model``; ``fields`` fill or override card fields."""
-    name = getattr(model, "registry_name", None)
+    name = model.architecture
     if name is None and "architecture" not in fields:
         raise HiresError(
             f"{type(model).__name__} was not built by napari_hires.models.create_model, so its card needs an "
@@ -47,7 +47,7 @@ def card_for(model: HiresModel, **fields) -> ModelCard:
         task=model.task,
         in_channels=model.in_channels,
         out_channels=model.out_channels,
-        overrides=dict(getattr(model, "registry_overrides", {})),
+        overrides=dict(model.overrides),
         normalization=Normalization(mean=[0.5] * model.in_channels, std=[0.25] * model.in_channels),
         input_multiple=facts["input_multiple"],
         halo=facts["halo"],
@@ -72,7 +72,7 @@ def save_model(model: HiresModel, path: str | os.PathLike, card: ModelCard | Non
     weights, card_path = _paths(path)
     if weights.suffix != ".safetensors":
         raise HiresError(f"model files are saved as .safetensors, not {weights.suffix}: use {weights.with_suffix('.safetensors')}")
-    card = card or getattr(model, "card", None) or card_for(model)
+    card = card or model.card or card_for(model)
     card.validate(str(card_path))  # a card that would not load is refused now, not when the file is next opened
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if floats is not None:
@@ -166,7 +166,8 @@ def load_weights(model: HiresModel, state: dict[str, torch.Tensor], source: str)
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> HiresModel:
-    """Rebuild the model a card describes and load its weights; the card is attached as ``model.card``."""
+    """Rebuild the model a card describes and load its weights; it declares the card (``model.card``) and that it is
+    trained."""
     weights, card_path = _paths(path)
     if not weights.exists():
         raise FileNotFoundError(f"no model weights at {weights}")
@@ -185,6 +186,6 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
             "put in_channels / num_classes in the card's overrides"
         )
     load_weights(model, _read_weights(weights), str(weights))
-    model.card = card
+    model.card, model.trained = card, True
     model.halo, model.tile_size = card.halo, card.tile_size  # a trained model's card holds its measured halo
     return model.to(device).eval()

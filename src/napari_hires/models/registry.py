@@ -1,4 +1,5 @@
-"""Named model configurations: ``list_models()`` and ``create_model(name, **overrides)``, as in timm.
+"""Named model configurations: ``list_models()`` and ``create_model(name, **overrides)``, as in timm; trained weights
+of an architecture are tags of it (``hct_tiny_seg.synthetic``).
 
 Built-in families register themselves when their module is imported; third-party packages add models through the
 ``napari_hires.models`` entry-point group (each entry point names a module or callable that registers on load).
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import os
 import threading
 import zlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Callable
+from typing import Any, Callable
 
 from napari_hires.errors import HiresError
 from napari_hires.models.base import HiresModel, Task
@@ -23,7 +25,8 @@ _BUILTIN_FAMILIES = ("hct", "maxvit", "maxim", "xt", "shipped")  # shipped: trai
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered configuration: how to build it and what it is for."""
+    """One registered configuration: how to build it and what it is for; a weights tag (``name`` is then
+    ``architecture.tag``) builds its architecture with trained weights."""
 
     name: str
     family: str
@@ -32,25 +35,57 @@ class ModelEntry:
     description: str = ""
     published: bool = False  # a configuration from the paper (vs. a small one for CPU demos and tests)
     trained: bool = False  # the builder loads trained weights (vs. a random initialisation, for trying the pipeline)
+    trained_on: str = ""  # what the trained weights were trained on, in a few words
+    tag: str = ""  # the weights tag of ``architecture.tag`` names
+
+    @property
+    def architecture(self) -> str:
+        """The registered architecture these weights are for (the name itself for an architecture)."""
+        return self.name[: -len(self.tag) - 1] if self.tag else self.name
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}  # older names of tagged weights -> their ``architecture.tag`` names
 _loaded = False
 _load_lock = threading.RLock()  # widgets list models from worker threads while the main thread may be loading
 
 
+def _add(entry: ModelEntry) -> None:
+    known = _REGISTRY.get(entry.name)
+    if known is not None and known.builder is not entry.builder:
+        raise HiresError(f"model name {entry.name!r} is already registered by {known.family}")
+    _REGISTRY[entry.name] = entry
+
+
 def register_model(name: str, *, family: str, task: Task, description: str = "", published: bool = False,
-                   trained: bool = False):
+                   trained: bool = False, trained_on: str = ""):
     """Decorator for a builder ``(**overrides) -> HiresModel`` that registers it under ``name``; ``trained`` says
-    that the builder loads trained weights."""
+    that the builder loads trained weights (trained on ``trained_on``)."""
 
     def wrap(builder: Callable[..., HiresModel]) -> Callable[..., HiresModel]:
-        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
-            raise HiresError(f"model name {name!r} is already registered by {_REGISTRY[name].family}")
-        _REGISTRY[name] = ModelEntry(name, family, task, builder, description, published, trained)
+        _add(ModelEntry(name, family, task, builder, description, published, trained, trained_on))
         return builder
 
     return wrap
+
+
+def register_weights(architecture: str, tag: str, loader: Callable[[], HiresModel], *, trained_on: str,
+                     description: str = "", alias: str | None = None) -> None:
+    """Register trained weights of the registered ``architecture`` as ``architecture.tag``; ``loader()`` builds the
+    model with them; ``alias`` is an older name that keeps working."""
+    base = _REGISTRY.get(architecture)
+    if base is None:
+        raise HiresError(f"cannot register weights {tag!r} for {architecture!r}: register the architecture first")
+    name = f"{architecture}.{tag}"
+    _add(ModelEntry(name, base.family, base.task, loader, description, base.published, True, trained_on, tag))
+    if alias is not None:
+        _ALIASES[alias] = name
+
+
+def weight_tags(architecture: str) -> list[str]:
+    """The tags of the trained weights registered for ``architecture`` (``synthetic`` for ``hct_tiny_seg``)."""
+    _ensure_loaded()
+    return sorted(e.tag for e in _REGISTRY.values() if e.tag and e.architecture == architecture)
 
 
 def _ensure_loaded() -> None:
@@ -83,41 +118,92 @@ def untrained_note(name: str) -> str:
             f"use {instead} or a model file")
 
 
-def list_models(pattern: str = "*", task: Task | None = None) -> list[str]:
-    """Sorted names of registered models matching a glob ``pattern`` (and ``task`` when given)."""
+def list_models(pattern: str = "*", task: Task | None = None, *, trained: bool | None = None,
+                aliases: bool = True) -> list[str]:
+    """Sorted names of registered models matching a glob ``pattern`` (and ``task``, and ``trained``, when given);
+    tagged weights are listed as ``architecture.tag`` and, with ``aliases``, by their older names too."""
     _ensure_loaded()
+    names = [*_REGISTRY, *(_ALIASES if aliases else ())]
     return sorted(
-        n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (task is None or e.task == task)
+        n for n in names if fnmatch.fnmatch(n, pattern) and (task is None or model_entry(n).task == task)
+        and (trained is None or model_entry(n).trained == trained)
     )
 
 
 def model_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``, or a clear error listing close names."""
+    """The registry entry for ``name`` (an architecture, ``architecture.tag`` or an older alias of one), or a clear
+    error listing close names, or the known tags of the architecture."""
     _ensure_loaded()
-    if name not in _REGISTRY:
-        import difflib
+    name = _ALIASES.get(name, name)
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    architecture, _, tag = name.rpartition(".")
+    if architecture in _REGISTRY:
+        tags = weight_tags(architecture)
+        if not tags:
+            raise HiresError(f"{architecture} has no trained weights (no weights tags); use {architecture} for its "
+                             "random initialisation, or a model file")
+        raise HiresError(f"unknown weights tag {tag!r} for {architecture}; known tags: {', '.join(tags)} "
+                         f"(as in {architecture}.{tags[0]})")
+    import difflib
 
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise HiresError(f"unknown model {name!r}.{hint} `napari_hires.models.list_models()` lists the known ones.")
-    return _REGISTRY[name]
+    close = difflib.get_close_matches(name, [*_REGISTRY, *_ALIASES], n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise HiresError(f"unknown model {name!r}.{hint} `napari_hires.models.list_models()` lists the known ones.")
 
 
-def create_model(name: str, **overrides) -> HiresModel:
-    """Build a model by registered name; ``overrides`` change its configuration.
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names a model file (by its suffix, or an existing path that is no registered name)."""
+    from napari_hires.models.files import WEIGHT_SUFFIXES
+
+    if text.endswith((*WEIGHT_SUFFIXES, ".json")):
+        return True
+    _ensure_loaded()
+    return os.path.exists(text) and text not in _REGISTRY and text not in _ALIASES
+
+
+def create_model(model: str | os.PathLike | HiresModel, **overrides: Any) -> HiresModel:
+    """The one way in for models: a registered name (``overrides`` change its configuration), a name with a weights
+    tag (``hct_tiny_seg.synthetic``), a model file (``.safetensors`` + card, as :func:`load_model`) or an instance
+    (returned as it is, once checked to be a :class:`HiresModel`).
 
     An untrained architecture is initialised from a seed fixed by its name, in a forked RNG: the same name gives the
     same weights in every process (so a rerun resumes its own store), and the caller's random state is left as it was.
-    The model remembers its name and overrides so that :func:`save_model` can write a card that rebuilds it.
+    The model declares what it is (``architecture``, ``overrides``, ``tag``, ``card``, ``trained``).
     """
     import torch
 
-    entry = model_entry(name)
+    if isinstance(model, torch.nn.Module):
+        if not isinstance(model, HiresModel):
+            raise HiresError(
+                f"{type(model).__name__} is not a napari_hires HiresModel: wrap it so that it states its task, "
+                "channels, input multiple and halo"
+            )
+        _no_overrides(overrides, f"{model.name or type(model).__name__} is already built")
+        return model
+    text = os.fspath(model)
+    if _is_file(text):
+        from napari_hires.models.files import load_model
+
+        _no_overrides(overrides, f"{text} is a model file, whose card fixes its configuration")
+        return load_model(text)
+    entry = model_entry(text)
+    if entry.tag:
+        _no_overrides(overrides, f"{entry.name} holds trained weights, whose configuration is fixed "
+                                 f"(build {entry.architecture} to change it, untrained)")
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(name.encode()))
-            model = entry.builder(**overrides)
+            torch.manual_seed(zlib.crc32(entry.name.encode()))
+            net = entry.builder(**overrides)
     except TypeError as err:
-        raise HiresError(f"cannot build {name!r} with overrides {overrides}: {err}") from None
-    model.registry_name, model.registry_overrides = name, dict(overrides)
-    return model
+        raise HiresError(f"cannot build {text!r} with overrides {overrides}: {err}") from None
+    if entry.tag:  # built from its model file, which declared the rest
+        net.tag = entry.tag
+    else:
+        net.architecture, net.overrides, net.trained = entry.name, dict(overrides), entry.trained
+    return net
+
+
+def _no_overrides(overrides: dict[str, Any], why: str) -> None:
+    if overrides:
+        raise HiresError(f"{why}: drop the options {', '.join(sorted(overrides))}")
