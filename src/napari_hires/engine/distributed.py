@@ -88,19 +88,18 @@ def predict_distributed(
 
 
 def _model_spec(model: Any, plan: PredictionPlan) -> dict[str, Any]:
-    """How workers get the client's model: a model file by path, anything else as its weights and registry name."""
+    """How workers get the client's model: a model file by path, anything else as its weights and declared identity."""
     if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
-        return {"file": os.path.abspath(model)}  # what resolve_model loads as a model file
+        return {"file": os.path.abspath(model)}  # what create_model loads as a model file
     net = plan.net
-    name = getattr(net, "registry_name", None)
-    if name is None:
+    if net.architecture is None:
         raise HiresError(f"{type(net).__name__} was not built by napari_hires.models.create_model, so workers cannot "
                          "rebuild it; save it with napari_hires.models.save_model and pass the file")
     from safetensors.torch import save
 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    return {"name": name, "overrides": dict(getattr(net, "registry_overrides", {})),
-            "card": getattr(net, "card", None), "weights": save(state)}
+    declared = {"tag": net.tag, "card": net.card, "trained": net.trained, "halo": net.halo, "tile_size": net.tile_size}
+    return {"name": net.architecture, "overrides": dict(net.overrides), "declared": declared, "weights": save(state)}
 
 
 def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan, progress: Progress | None,
@@ -215,17 +214,17 @@ class BlockWorker(WorkerPlugin):
         return BlockJob(plan, TileRunner(plan.net, **self.runner))
 
     def _build_model(self) -> Any:
-        if "file" in self.model:
-            from napari_hires.models.files import load_model
+        """The client's model: its file, or its architecture with the client's weights and identity."""
+        from napari_hires.models.registry import create_model
 
-            return load_model(self.model["file"])
+        if "file" in self.model:
+            return create_model(self.model["file"])
         from safetensors.torch import load
 
         from napari_hires.models.files import load_weights
-        from napari_hires.models.registry import create_model
 
         net = create_model(self.model["name"], **self.model["overrides"])
         load_weights(net, load(self.model["weights"]), f"the client's {self.model['name']} weights")
-        if self.model["card"] is not None:
-            net.card = self.model["card"]
+        for key, value in self.model["declared"].items():  # as the client's model is: tagged, carded, its halo
+            setattr(net, key, value)
         return net

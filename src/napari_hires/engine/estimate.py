@@ -132,7 +132,7 @@ def measure_tile(model: Any, *, tile: int, device: str = "auto", precision: str 
     from napari_hires.engine.runner import TileRunner
 
     runner = TileRunner(model, device=device, precision=precision, batch=1)
-    key = (type(model).__name__, getattr(model, "registry_name", None), repr(getattr(model, "config", None)),
+    key = (type(model).__name__, model.name, repr(model.config),
            str(runner.device), str(runner.amp_dtype), tile)
     with _speed_lock:
         if key in _speed_cache:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from napari_hires.engine.intensity import InputRange
 from napari_hires.engine.output import OutputSpec, create_output, run_record, weights_digest
@@ -72,34 +71,22 @@ class PredictionResult:
 
 
 def resolve_model(model: str | os.PathLike | HiresModel, *, untrained_ok: bool = False) -> HiresModel:
-    """A model from a registered name, a model file (``.safetensors`` + card), or an instance; a registered name
-    without trained weights warns that its output is random, unless ``untrained_ok`` (training it, for instance)."""
-    if isinstance(model, torch.nn.Module):
-        if not isinstance(model, HiresModel):
-            raise HiresError(
-                f"{type(model).__name__} is not a napari_hires HiresModel: wrap it so that it states its task, "
-                "channels, input multiple and halo"
-            )
-        return model
-    text = os.fspath(model)
-    if os.path.exists(text) or text.endswith((".safetensors", ".json", ".pt", ".pth")):
-        from napari_hires.models.files import load_model
-
-        return load_model(text)
+    """:func:`napari_hires.models.create_model` of ``model``; one without trained weights warns that its output is
+    random, unless ``untrained_ok`` (training it, for instance)."""
     from napari_hires.models.registry import create_model
 
-    net = create_model(text)
+    net = create_model(model)
     if not untrained_ok:
-        warn_if_untrained(text)
+        warn_if_untrained(net)
     return net
 
 
-def warn_if_untrained(name: str) -> None:
-    """Warn that the registered model ``name`` has no trained weights (its output is random), if so."""
-    from napari_hires.models.registry import model_entry, untrained_note
+def warn_if_untrained(net: HiresModel) -> None:
+    """Warn that ``net`` is an architecture's random initialisation (its output is random), if so."""
+    from napari_hires.models.registry import untrained_note
 
-    if not model_entry(name).trained:
-        warnings.warn(untrained_note(name), UntrainedModelWarning, stacklevel=3)
+    if net.trained is False:
+        warnings.warn(untrained_note(net.name), UntrainedModelWarning, stacklevel=3)
 
 
 @dataclass
@@ -158,7 +145,7 @@ def plan_prediction(
     layout = layout_for(net, tile, overlap)
     bounds = source.bounds
     target = bounds if region is None else _check_region(region, bounds)
-    card = getattr(net, "card", None)
+    card = net.card
     class_names = dict(card.class_names) if card and card.class_names else {
         i: f"class {i}" for i in range(net.out_channels)}
     stride = layout.tile - layout.overlap
@@ -168,8 +155,8 @@ def plan_prediction(
         raise HiresError(f"block {block} must be a multiple of the chunk {chunk}, so that blocks own whole chunks")
     out_shape = (math.ceil(source.shape[0] / stride), math.ceil(source.shape[1] / stride)) if classify else source.shape
     run = run_record(
-        input=source.origin, shape=source.shape, dtype=str(source.dtype), model=getattr(net, "registry_name", None)
-        or type(net).__name__, weights=weights_digest(net), task=net.task, tile=layout.tile, max_tile=layout.max_tile,
+        input=source.origin, shape=source.shape, dtype=str(source.dtype), model=net.name or type(net).__name__,
+        weights=weights_digest(net), task=net.task, tile=layout.tile, max_tile=layout.max_tile,
         margin=layout.margin, blend=layout.blend, block=block, chunk=chunk, probabilities=probabilities, region=region,
         mask=None if mask is None else _mask_digest(mask), content=content_identity(source.array, source.path),
         input_range=source.input_range.record(),
@@ -180,7 +167,7 @@ def plan_prediction(
             out, task=net.task, shape=out_shape, channels=net.out_channels, dtype=source.dtype,
             class_names=class_names, class_colors=dict(card.class_colors) if card else {},
             scale=tuple(s * factor for s in source.scale), translation=source.translation,
-            name=f"{source.name} ({getattr(net, 'registry_name', net.task)})", chunk=chunk, block=block,
+            name=f"{source.name} ({net.name or net.task})", chunk=chunk, block=block,
             probabilities=probabilities, overwrite=overwrite, run=run,
         )
     except BaseException:
@@ -198,7 +185,7 @@ def plan_prediction(
             continue
         todo.append((index, box, want))
     if isinstance(model, (str, os.PathLike)) and model_file is None:
-        warn_if_untrained(os.fspath(model))
+        warn_if_untrained(net)
     return PredictionPlan(source, net, layout, spec, classify, stride, todo, skipped, lock)
 
 

@@ -83,8 +83,7 @@ class TileRunner:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.task = model.task
-        card = getattr(model, "card", None)
-        norm = normalization or (card.normalization if card is not None else None)
+        norm = normalization or (model.card.normalization if model.card is not None else None)
         self.normalization = norm
         self.tile_pixels = 0  # input pixels of every tile this runner has run (for the overlap factor k)
         self._norm_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}

@@ -109,13 +109,13 @@ def _ensure_loaded() -> None:
         _loaded = True
 
 
-def untrained_note(name: str) -> str:
-    """Why the output of the untrained architecture ``name`` means nothing, and which trained models to use instead."""
+def untrained_note(name: str, consequence: str = "its output is random, for trying the pipeline only") -> str:
+    """That the architecture ``name`` has no trained weights, the ``consequence``, and which trained models (of its
+    task) to use instead."""
     entry = model_entry(name)
     trained = [n for n, e in sorted(_REGISTRY.items()) if e.trained and e.task == entry.task]
     instead = f"a trained model ({', '.join(trained)})" if trained else "a trained model"
-    return (f"{name} has no trained weights: its output is random, for trying the pipeline only; "
-            f"use {instead} or a model file")
+    return f"{name} has no trained weights: {consequence}; use {instead} or a model file"
 
 
 def list_models(pattern: str = "*", task: Task | None = None, *, trained: bool | None = None,

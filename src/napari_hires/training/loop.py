@@ -148,6 +148,8 @@ def train(
             recalibrate_batchnorm(model, runner, sampler, settings.bn_batches, settings.batch, rng)
     finally:
         model.eval()
+        if result.losses:  # its weights are no longer those of a tag, nor a random initialisation
+            model.tag, model.trained = None, True
         result.seconds = time.perf_counter() - t0
     return result
 

@@ -7,14 +7,16 @@ whose card records where the weights came from (base model, data, regions, setti
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from napari_hires.engine.runner import CancelToken
-from napari_hires.errors import HiresError, OutputExistsError
+from napari_hires.errors import HiresError, OutputExistsError, UntrainedModelWarning
 from napari_hires.models.base import HiresModel
 from napari_hires.models.card import ModelCard
+from napari_hires.models.registry import untrained_note
 from napari_hires.training.loop import StepInfo, TrainResult, TrainSettings, settings_record, train
 from napari_hires.training.losses import segmentation_objective
 from napari_hires.training.sampling import IGNORE_INDEX, Region, TileSampler, read_patches
@@ -36,22 +38,17 @@ class TrainingJob:
 
 
 def _resolve(model: str | os.PathLike | HiresModel, **overrides: Any) -> HiresModel:
-    """A model from a registered name (with ``overrides``), a model file, or an instance."""
-    if isinstance(model, HiresModel):
-        return model
-    if overrides:
-        from napari_hires.models.registry import create_model
+    """:func:`napari_hires.models.create_model` of ``model`` (with ``overrides``); no warning that an untrained
+    architecture's output is random, since training it is what it is for."""
+    from napari_hires.models.registry import create_model
 
-        return create_model(os.fspath(model), **overrides)
-    from napari_hires.engine.predict import resolve_model
-
-    return resolve_model(model, untrained_ok=True)  # training is what an untrained architecture is for
+    return create_model(model, **overrides)
 
 
 def _model_name(model: str | os.PathLike | HiresModel) -> str:
+    """The base model as the user named it (its name, or its file), for messages and the card's provenance."""
     if isinstance(model, HiresModel):
-        card = getattr(model, "card", None)
-        return getattr(model, "registry_name", None) or (card.architecture if card else type(model).__name__)
+        return model.name or type(model).__name__
     return os.fspath(model)
 
 
@@ -64,7 +61,7 @@ def trained_card(model: HiresModel, provenance: dict[str, Any], metrics: dict[st
     """
     from napari_hires.models.files import card_for
 
-    base = getattr(model, "card", None)
+    base = model.card
     card = replace(base) if base is not None else card_for(model)
     card.provenance = {**provenance, "previous": base.provenance} if base is not None and base.provenance \
         else dict(provenance)
@@ -82,7 +79,7 @@ def save_trained(model: HiresModel, out: str | os.PathLike, card: ModelCard, *, 
     if not overwrite and (weights.exists() or card_path.exists()):
         raise OutputExistsError(f"{weights} already exists; choose another --out or pass --overwrite")
     path = save_model(model, weights, card)
-    model.card = card
+    model.card = card  # the card of the weights it now holds
     return path
 
 
@@ -131,10 +128,14 @@ def fine_tune(
     settings = settings or TrainSettings()
     settings.check()
     _check_out(out, overwrite, [image, labels, model])
-    net = _resolve(model)
+    net, base = _resolve(model), _model_name(model)
     if net.task != "segmentation":
-        raise HiresError(f"{_model_name(model)} is a {net.task} model; fine-tuning on labels needs a segmentation "
+        raise HiresError(f"{base} is a {net.task} model; fine-tuning on labels needs a segmentation "
                          "model (for restoration use the self-supervised mode)")
+    if net.trained is False:
+        warnings.warn(untrained_note(net.name, "fine-tuning starts from random weights, which needs far more labels "
+                                               "and steps than starting from trained ones"),
+                      UntrainedModelWarning, stacklevel=2)
     patches = read_patches(image, labels, level=level, regions=regions, num_classes=net.out_channels,
                            ignore_index=ignore_index, zero_is_unlabelled=zero_is_unlabelled, seed=settings.seed)
     result = train(net, TileSampler(patches, settings.tile), segmentation_objective(), settings,
@@ -143,7 +144,7 @@ def fine_tune(
     if out is not None and not result.cancelled:
         provenance = {
             "trained_by": "napari_hires.training.fine_tune",
-            "base_model": _model_name(model),
+            "base_model": base,
             "objective": "cross-entropy + soft Dice on labelled pixels",
             "data": {"image": _origin(image), "labels": _origin(labels), "level": level,
                      "regions": [list(r) for r in regions] if regions else "whole level",
@@ -178,8 +179,9 @@ def train_self_supervised(
     settings.check()
     _check_out(out, overwrite, [image, model])
     net = _resolve(model) if model is not None else _resolve(SELF_SUPERVISED_MODEL, **SELF_SUPERVISED_OVERRIDES)
+    base = _model_name(model or SELF_SUPERVISED_MODEL)
     if net.task != "restoration":
-        raise HiresError(f"{_model_name(model or SELF_SUPERVISED_MODEL)} is a {net.task} model; self-supervised "
+        raise HiresError(f"{base} is a {net.task} model; self-supervised "
                          "training needs a restoration model such as maxim_nano")
     patches = read_patches(image, None, level=level, regions=regions, seed=settings.seed)
     result = train(net, TileSampler(patches, settings.tile), blind_spot_objective(mask_ratio), settings,
@@ -188,7 +190,7 @@ def train_self_supervised(
     if out is not None and not result.cancelled:
         provenance = {
             "trained_by": "napari_hires.training.train_self_supervised",
-            "base_model": _model_name(model or SELF_SUPERVISED_MODEL),
+            "base_model": base,
             "objective": f"Noise2Void blind spot: {mask_ratio:.2%} of pixels replaced by random neighbours, "
                          "squared error on those pixels against the noisy input; no clean target",
             "data": {"image": _origin(image), "level": level,
@@ -210,7 +212,7 @@ def _origin(data: Any) -> str:
 
 def _class_fields(net: HiresModel, labels: Any) -> dict[str, Any]:
     """Class names and colours from the labels when the model's card has none."""
-    card = getattr(net, "card", None)
+    card = net.card
     if card is not None and card.class_names:
         return {}
     names = getattr(labels, "class_names", None) or {}

@@ -33,7 +33,7 @@ PREVIEW_LAYER = "restoration preview"
 MODEL_FILE = "model file..."
 DEBOUNCE_MS = 250
 #: The trained demo denoiser first, then the smallest untrained MAXIM.
-PREFERRED_MODELS = ("maxim_nano_denoise_synthetic", "maxim_nano")
+PREFERRED_MODELS = ("maxim_nano.denoise_synthetic", "maxim_nano")
 COMPARE_MODES = ("overlay", "split", "original")
 
 
@@ -92,7 +92,7 @@ class RestorationPreviewWidget(QWidget):
         self.viewer = napari_viewer
         self._camera = _layers.camera(napari_viewer)
         self._image_type = Image
-        models = list_models(task="restoration")
+        models = list_models(task="restoration", aliases=False)
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.model = ComboBox(label="model", choices=[*models, MODEL_FILE],
                               value=next((m for m in PREFERRED_MODELS if m in models), (models or [MODEL_FILE])[0]))

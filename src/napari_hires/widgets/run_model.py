@@ -37,7 +37,8 @@ _sizes: dict[str, int] = {}
 
 
 def registry_model(name: str) -> Any:
-    """A registered model (the same name always gives the same weights), its parameter count noted for the list."""
+    """A registered model by :func:`create_model` (the same name always gives the same weights), its parameter count
+    noted for the list."""
     from napari_hires.models import count_parameters, create_model
 
     model = create_model(name)
@@ -105,7 +106,7 @@ class RunModelWidget(QWidget):
 
         self.viewer = napari_viewer
         self._types = (Image, Shapes)
-        self._entries = {name: model_entry(name) for name in list_models()}
+        self._entries = {name: model_entry(name) for name in list_models(aliases=False)}
         self.image = ComboBox(label="image", choices=self._image_layers, nullable=True)
         self.model = ComboBox(label="model", choices=self._model_choices(), value=self._default_model())
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.json", visible=False,
@@ -211,7 +212,7 @@ class RunModelWidget(QWidget):
                 self.model.value = value
 
     def _default_model(self) -> str:
-        for name in ("hct_tiny_seg_synthetic", "hct_tiny_seg", *self._entries):  # trained demo weights first
+        for name in ("hct_tiny_seg.synthetic", "hct_tiny_seg", *self._entries):  # trained demo weights first
             if name in self._entries:
                 return name
         return MODEL_FILE
@@ -334,12 +335,9 @@ class RunModelWidget(QWidget):
         key = choice if choice != MODEL_FILE else f"{model_file}:{os.path.getmtime(model_file)}"
         with self._model_lock:
             if key not in self._models:
-                if choice == MODEL_FILE:
-                    from napari_hires.models import load_model
+                from napari_hires.models import create_model
 
-                    self._models[key] = load_model(model_file)
-                else:
-                    self._models[key] = registry_model(choice)
+                self._models[key] = create_model(model_file) if choice == MODEL_FILE else registry_model(choice)
             return self._models[key]
 
     # ------------------------------------------------------------------ estimate

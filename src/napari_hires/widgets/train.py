@@ -215,7 +215,7 @@ class TrainWidget(QWidget):
 
         self.viewer = napari_viewer
         self._types = {"image": Image, "labels": Labels, "shapes": Shapes}
-        self._names = {task: list_models(task=task) for task in ("segmentation", "restoration")}
+        self._names = {task: list_models(task=task, aliases=False) for task in ("segmentation", "restoration")}
         self.mode = ComboBox(label="mode", choices=list(MODES), value=MODES[0])
         self.image = ComboBox(label="image", choices=self._layers_of("image"), nullable=True)
         self.labels = ComboBox(label="labels", choices=self._layers_of("labels"), nullable=True,
@@ -292,7 +292,9 @@ class TrainWidget(QWidget):
         if self._self_supervised():
             return [NEW_DENOISER, *self._names["restoration"], MODEL_FILE]
         names = self._names["segmentation"]
-        shipped = [n for n in names if n.endswith("_synthetic")]  # trained demo weights first
+        from napari_hires.models import model_entry
+
+        shipped = [n for n in names if model_entry(n).trained]  # trained weights first
         return [*shipped, *[n for n in names if n not in shipped], MODEL_FILE]
 
     @staticmethod
