@@ -147,3 +147,14 @@ def test_a_cluster_run_takes_the_output_lock_and_its_workers_do_not(client, imag
     assert result.blocks_done == BLOCKS and not result.cancelled
     assert_same_store(local.path, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["locked.zarr"]
+
+
+def test_trained_weights_by_tag_run_on_the_workers_as_declared_here(client, image, tmp_path):
+    """The workers rebuild a tagged model as the client declares it (its card's halo, not its architecture's, decides
+    the overlap), so they write what a local run writes."""
+    settings = dict(SETTINGS, overlap=None)
+    local = predict(image, "hct_tiny_seg.synthetic", tmp_path / "local.zarr", **settings)
+    out = tmp_path / "cluster.zarr"
+    result = predict_distributed(image, "hct_tiny_seg.synthetic", out, client=client, **settings)
+    assert not result.cancelled and result.blocks_done == BLOCKS
+    assert_same_store(local.path, out)
