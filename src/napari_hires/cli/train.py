@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
                         zero_is_unlabelled=args.zero_is_unlabelled, settings=settings, callback=report,
                         overwrite=args.overwrite)
     note = "" if job.zero_is_unlabelled is None else f"; {convention_note(job.zero_is_unlabelled)}"
+    note += f"; {job.base_note}" if job.base_note else ""
     print(f"trained {job.result.steps_done} steps in {job.result.seconds:.0f}s on {job.result.device}; "
           f"wrote {job.path}{note}")
     return 0

@@ -7,16 +7,15 @@ whose card records where the weights came from (base model, data, regions, setti
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from napari_hires.engine.runner import CancelToken
-from napari_hires.errors import HiresError, OutputExistsError, UntrainedModelWarning
+from napari_hires.errors import HiresError, OutputExistsError
 from napari_hires.models.base import HiresModel
 from napari_hires.models.card import ModelCard
-from napari_hires.models.registry import untrained_note
+from napari_hires.models.registry import create_model, untrained_note
 from napari_hires.training.loop import StepInfo, TrainResult, TrainSettings, settings_record, train
 from napari_hires.training.losses import segmentation_objective
 from napari_hires.training.sampling import IGNORE_INDEX, Region, TileSampler, read_patches
@@ -35,14 +34,7 @@ class TrainingJob:
     result: TrainResult
     path: Path | None
     zero_is_unlabelled: bool | None = None  # the label convention fine-tuning used (None: no labels)
-
-
-def _resolve(model: str | os.PathLike | HiresModel, **overrides: Any) -> HiresModel:
-    """:func:`napari_hires.models.create_model` of ``model`` (with ``overrides``); no warning that an untrained
-    architecture's output is random, since training it is what it is for."""
-    from napari_hires.models.registry import create_model
-
-    return create_model(model, **overrides)
+    base_note: str = ""  # that the model fine-tuned had no trained weights, and what to use instead; empty if it had
 
 
 def _model_name(model: str | os.PathLike | HiresModel) -> str:
@@ -128,14 +120,13 @@ def fine_tune(
     settings = settings or TrainSettings()
     settings.check()
     _check_out(out, overwrite, [image, labels, model])
-    net, base = _resolve(model), _model_name(model)
+    net, base = create_model(model), _model_name(model)
     if net.task != "segmentation":
         raise HiresError(f"{base} is a {net.task} model; fine-tuning on labels needs a segmentation "
                          "model (for restoration use the self-supervised mode)")
-    if net.trained is False:
-        warnings.warn(untrained_note(net.name, "fine-tuning starts from random weights, which needs far more labels "
-                                               "and steps than starting from trained ones"),
-                      UntrainedModelWarning, stacklevel=2)
+    base_trained = net.trained is not False
+    base_note = "" if base_trained else untrained_note(
+        net.name, "fine-tuning started from random weights, which needs far more labels and steps than trained ones")
     patches = read_patches(image, labels, level=level, regions=regions, num_classes=net.out_channels,
                            ignore_index=ignore_index, zero_is_unlabelled=zero_is_unlabelled, seed=settings.seed)
     result = train(net, TileSampler(patches, settings.tile), segmentation_objective(), settings,
@@ -145,6 +136,7 @@ def fine_tune(
         provenance = {
             "trained_by": "napari_hires.training.fine_tune",
             "base_model": base,
+            "base_trained": base_trained,
             "objective": "cross-entropy + soft Dice on labelled pixels",
             "data": {"image": _origin(image), "labels": _origin(labels), "level": level,
                      "regions": [list(r) for r in regions] if regions else "whole level",
@@ -154,7 +146,7 @@ def fine_tune(
         }
         extra = _class_fields(net, labels)
         path = save_trained(net, out, trained_card(net, provenance, **extra), overwrite=overwrite)
-    return TrainingJob(net, result, path, patches[0].zero_is_unlabelled)
+    return TrainingJob(net, result, path, patches[0].zero_is_unlabelled, base_note)
 
 
 def train_self_supervised(
@@ -178,7 +170,8 @@ def train_self_supervised(
     settings = replace(settings or TrainSettings(), intensity=False)
     settings.check()
     _check_out(out, overwrite, [image, model])
-    net = _resolve(model) if model is not None else _resolve(SELF_SUPERVISED_MODEL, **SELF_SUPERVISED_OVERRIDES)
+    net = create_model(model) if model is not None else create_model(SELF_SUPERVISED_MODEL,
+                                                                     **SELF_SUPERVISED_OVERRIDES)
     base = _model_name(model or SELF_SUPERVISED_MODEL)
     if net.task != "restoration":
         raise HiresError(f"{base} is a {net.task} model; self-supervised "
