@@ -7,7 +7,7 @@ import zarr
 
 from napari_hires.io.ome_zarr_writer import write_ome_zarr
 from napari_hires.io.pyramid import Pyramid
-from napari_hires.io.pyramid_update import update_levels
+from napari_hires.io.pyramid_store import update_levels
 
 
 @pytest.mark.parametrize("labels", [True, False])

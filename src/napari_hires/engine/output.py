@@ -16,22 +16,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import zarr
 
 from napari_hires.engine.tiling import Box
-from napari_hires.io.downsample import downsample_mean, downsample_mode
-from napari_hires.io.ome_zarr_writer import OmeZarrWriter
-from napari_hires.io.pyramid import Pyramid
-from napari_hires.io.pyramid_update import update_levels
+from napari_hires.io.pyramid_store import JOURNAL, PyramidStore
 
-JOURNAL = "napari_hires_journal/blocks"
+__all__ = ["JOURNAL", "OutputSpec", "create_output", "run_record", "weights_digest"]
+
 #: In every run record: a store begun by an engine that wrote it differently (1: all coarser levels at the end;
 #: 2: blocks write the levels under them) is not resumed by this one, whose finished blocks would lack levels.
 STORE_FORMAT = 2
@@ -48,34 +44,25 @@ def weights_digest(model: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _template(shape: tuple[int, ...], axes: str, dtype: Any, **kwargs: Any) -> Pyramid:
-    """A Pyramid describing an output's level 0 (never computed: the engine fills the store itself)."""
-    level = da.zeros(shape, dtype=dtype, chunks=tuple(min(n, 4096) for n in shape))
-    (sy, sx), (ty, tx) = kwargs.pop("scale"), kwargs.pop("translation")
-    scale = tuple({"y": sy, "x": sx}.get(a, 1.0) for a in axes)
-    translation = tuple({"y": ty, "x": tx}.get(a, 0.0) for a in axes)
-    return Pyramid(levels=[level], axes=axes, scale=scale, translation=translation, **kwargs)
-
-
 @dataclass
 class OutputSpec:
-    """What the engine writes: the per-block arrays (level 0) and the writers that turn them into pyramids."""
+    """What the engine writes: the stores (the root's first) that blocks are written into, and the job's journal."""
 
-    writers: list[OmeZarrWriter]
+    out: Path
+    stores: list[PyramidStore]
     journal: zarr.Array
     block: int  # output block side in pixels (a multiple of the chunk)
     shape: tuple[int, int]  # output level-0 (y, x)
     own_levels: int = 0  # coarser levels each block writes itself: those whose chunks lie under one block alone
-    _shared: threading.Lock = field(default_factory=threading.Lock, repr=False)  # coarser chunks span blocks
 
     @property
     def resumed(self) -> bool:
-        return self.writers[0].resumed
+        return self.stores[0].resumed
 
     @property
     def complete(self) -> bool:
         """The same job finished this store earlier: nothing is left to write."""
-        return self.writers[0].complete
+        return self.stores[0].complete
 
     def block_boxes(self) -> list[tuple[tuple[int, int], Box]]:
         """((row, col), box) of every output block, row-major."""
@@ -93,37 +80,28 @@ class OutputSpec:
         self.journal[index] = 1
 
     def write_block(self, box: Box, arrays: list[np.ndarray]) -> None:
-        """Store one block's level-0 arrays (one per writer, in its NGFF axis order) and the coarser levels it owns.
+        """Store one block's level-0 arrays (one per store, in its NGFF axis order) and the coarser levels it owns.
 
         Safe from any thread or process: every chunk written here lies under this block alone.
         """
-        for writer, data in zip(self.writers, arrays):
-            plan, levels = writer.plans[0], writer.arrays[""]
-            kernel = downsample_mode if plan.pyramid.kind == "labels" else downsample_mean
-            iy, ix = plan.axes.index("y"), plan.axes.index("x")
-            y0, x0 = box.y0, box.x0
-            for k in range(self.own_levels + 1):
-                if k:
-                    data, y0, x0 = kernel(data, 2, plan.axes), y0 // 2, x0 // 2
-                levels[k][Box(y0, y0 + data.shape[iy], x0, x0 + data.shape[ix]).index(plan.axes)] = data
+        for store, data in zip(self.stores, arrays):
+            store.write(box, data, last=self.own_levels)
 
     def update_levels(self, box: Box) -> None:
         """Recompute the levels coarser than the blocks' own over a written block (a live view of a running job)."""
-        k, f = self.own_levels, 2 ** self.own_levels
-        for writer in self.writers:
-            plan = writer.plans[0]
-            with self._shared:
-                update_levels(writer.arrays[""][k:], box.y0 // f, math.ceil(box.y1 / f), box.x0 // f,
-                              math.ceil(box.x1 / f), axes=plan.axes, labels=plan.pyramid.kind == "labels")
+        f = 2 ** self.own_levels
+        for store in self.stores:
+            store.update_levels(Box(box.y0 // f, math.ceil(box.y1 / f), box.x0 // f, math.ceil(box.x1 / f)),
+                                first=self.own_levels)
 
     def finish(self) -> None:
         """Derive the remaining coarser levels and write the NGFF metadata (the store is complete after this)."""
         if self.complete:
             return
-        for writer in self.writers:
-            writer.write(first=self.own_levels + 1)
-        for writer in reversed(self.writers):  # the root last: its metadata says the whole store is complete
-            writer.finish()
+        for store in self.stores:
+            store.derive(first=self.own_levels + 1)
+        for store in reversed(self.stores):  # the root last: its metadata says the whole store is complete
+            store.finish()
 
 
 def _own_levels(block: int, chunk: int, n_levels: int) -> int:
@@ -155,37 +133,29 @@ def create_output(
 ) -> OutputSpec:
     """Create (or reopen, for the same ``run``) the output store and its journal."""
     out = Path(out)
-    common = dict(scale=scale, translation=translation, name=name, source=None)
-    writers = []
+    common = dict(name=name, chunk=chunk, overwrite=overwrite, run=run)
+    scores = dict(dtype=np.float16, channel_names=list(class_names.values()), contrast_limits=[(0.0, 1.0)] * channels)
+
+    def store(path: Path, shape: tuple[int, ...], axes: str, **meta: Any) -> PyramidStore:
+        grid = {"scale": tuple({"y": scale[0], "x": scale[1]}.get(a, 1.0) for a in axes),
+                "translation": tuple({"y": translation[0], "x": translation[1]}.get(a, 0.0) for a in axes)}
+        return PyramidStore.create(path, shape=shape, axes=axes, **grid, **common, **meta)
+
     if task == "segmentation":
-        label_dtype = np.uint8 if channels <= 255 else np.uint16
         colors = {k: tuple(v) for k, v in class_colors.items()} or {
             i: DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(channels)}
-        labels = _template(shape, "yx", label_dtype, kind="labels", class_names=class_names, class_colors=colors,
-                           **common)
-        writers.append(OmeZarrWriter(labels, out, chunk=chunk, derive_levels=True, overwrite=overwrite, run=run))
+        stores = [store(out, shape, "yx", dtype=np.uint8 if channels <= 255 else np.uint16, kind="labels",
+                        class_names=class_names, class_colors=colors)]
         if probabilities:
-            probs = _template((channels, *shape), "cyx", np.float16, channel_names=list(class_names.values()),
-                              contrast_limits=[(0.0, 1.0)] * channels, **common)
-            writers.append(OmeZarrWriter(probs, out / "probabilities", chunk=chunk, derive_levels=True,
-                                         overwrite=overwrite, run=run))
+            stores.append(store(out / "probabilities", (channels, *shape), "cyx", **scores))
     elif task == "restoration":
-        axes = "yxc" if channels > 1 else "yx"
-        image = _template(shape + ((channels,) if channels > 1 else ()), axes, dtype, **common)
-        writers.append(OmeZarrWriter(image, out, chunk=chunk, derive_levels=True, overwrite=overwrite, run=run))
+        rgb = channels > 1
+        stores = [store(out, shape + ((channels,) if rgb else ()), "yxc" if rgb else "yx", dtype=dtype)]
     else:
-        heat = _template((channels, *shape), "cyx", np.float16, channel_names=list(class_names.values()),
-                         contrast_limits=[(0.0, 1.0)] * channels, **common)
-        writers.append(OmeZarrWriter(heat, out, chunk=chunk, derive_levels=True, overwrite=overwrite, run=run))
-    root = writers[0].root
-    rows, cols = math.ceil(shape[0] / block), math.ceil(shape[1] / block)
-    if (writers[0].resumed or writers[0].complete) and JOURNAL in root:
-        journal = root[JOURNAL]
-    else:
-        journal = root.require_group("napari_hires_journal").create_array(
-            "blocks", shape=(rows, cols), chunks=(1, 1), dtype=np.uint8, fill_value=0, overwrite=True)
-    own = _own_levels(block, chunk, min(len(w.plans[0].shapes) for w in writers))
-    return OutputSpec(writers=writers, journal=journal, block=block, shape=shape, own_levels=own)
+        stores = [store(out, (channels, *shape), "cyx", **scores)]
+    journal = stores[0].journal((math.ceil(shape[0] / block), math.ceil(shape[1] / block)))
+    own = _own_levels(block, chunk, min(len(s.levels) for s in stores))
+    return OutputSpec(out=out, stores=stores, journal=journal, block=block, shape=shape, own_levels=own)
 
 
 def run_record(**facts: Any) -> dict[str, Any]:

@@ -375,7 +375,7 @@ class BlockJob:
         if values.ndim == 3:  # (y, x, c) pixels into NGFF (c, y, x)
             values = np.moveaxis(values, -1, 0)
         arrays = [np.pad(values, ((0, 0),) * (values.ndim - 2) + pad)]
-        if self.runner.task == "segmentation" and len(self.spec.writers) > 1:
+        if self.runner.task == "segmentation" and len(self.spec.stores) > 1:
             arrays.append(np.pad(out.half().cpu().numpy(), ((0, 0),) + pad))
         return arrays
 

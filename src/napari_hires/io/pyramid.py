@@ -18,6 +18,11 @@ LayerKind = Literal["image", "labels"]
 SPATIAL_AXES = ("z", "y", "x")
 
 
+def is_rgb(kind: str, axes: str, shape: Sequence[int], dtype: Any) -> bool:
+    """True for uint8 images whose last axis is 3 or 4 colour samples (napari's rgb mode)."""
+    return kind == "image" and axes.endswith("c") and shape[-1] in (3, 4) and np.dtype(dtype) == np.uint8
+
+
 @dataclass(frozen=True)
 class Pyramid:
     """A multiscale image: ``levels[0]`` is full resolution, each next level coarser in y and x.
@@ -79,12 +84,7 @@ class Pyramid:
     @property
     def rgb(self) -> bool:
         """True for uint8 images whose last axis is 3 or 4 colour samples (napari's rgb mode)."""
-        return (
-            self.kind == "image"
-            and self.axes.endswith("c")
-            and self.shape[-1] in (3, 4)
-            and self.dtype == np.uint8
-        )
+        return is_rgb(self.kind, self.axes, self.shape, self.dtype)
 
     @property
     def channel_axis(self) -> int | None:

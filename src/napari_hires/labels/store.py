@@ -25,9 +25,8 @@ import zarr
 from napari_hires.errors import HiresError
 from napari_hires.geometry import Box
 from napari_hires.io.build_state import is_incomplete
-from napari_hires.io.ome_zarr_writer import label_display
 from napari_hires.io.pyramid import Pyramid
-from napari_hires.io.pyramid_update import update_levels
+from napari_hires.io.pyramid_store import PyramidStore, label_display
 
 #: Largest side in pixels of a window checked out for editing (a single-scale layer this big still displays crisply).
 MAX_SIDE = 4096
@@ -44,14 +43,15 @@ def _convert_hint(path: Path) -> str:
 class LabelStore:
     """An OME-Zarr label image opened read-write: level arrays, display levels, classes, checkout and commit."""
 
-    def __init__(self, path: Path, arrays: list[zarr.Array], axes: str, pyramid: Pyramid) -> None:
+    def __init__(self, path: Path, store: PyramidStore, pyramid: Pyramid) -> None:
         self.path = path
-        self.arrays = arrays
-        self.axes = axes
+        self.store = store  # the level arrays, kept in step by the one pyramid store
+        self.arrays = store.levels
+        self.axes = store.axes
         self.pyramid = pyramid  # the read-only Pyramid from napari_hires.io (class names, colours, scale)
         self._lock = threading.Lock()
         self._held: set[int] = set()  # label values outside the class table found in the store (see _check_classes)
-        self._iy, self._ix = axes.index("y"), axes.index("x")
+        self._iy, self._ix = self.axes.index("y"), self.axes.index("x")
 
     # ------------------------------------------------------------------------------------------------ opening
     @classmethod
@@ -98,7 +98,7 @@ class LabelStore:
         if not np.issubdtype(arrays[0].dtype, np.integer):
             raise HiresError(f"{path} holds {arrays[0].dtype} values; label images must hold integers. "
                              + _convert_hint(path))
-        store = cls(path, arrays, axes, pyramid)
+        store = cls(path, PyramidStore.existing(group, arrays, axes, pyramid), pyramid)
         store._recover()
         return store
 
@@ -175,8 +175,7 @@ class LabelStore:
                 self._add_classes(new_classes)
             self._check_classes(box, data)
             self._write_journal(box)
-            self.arrays[0][self._index(box)] = data.reshape(self._sel_shape(box))
-            self._update_pyramid(box)
+            self.store.write(box, data.reshape(self._sel_shape(box)))
             (self.path / JOURNAL).unlink()
         return box
 
@@ -209,7 +208,7 @@ class LabelStore:
         attrs = group.attrs.asdict()
         v3 = group.metadata.zarr_format == 3
         ome = attrs.get("ome", {}) if v3 else attrs
-        image_label = {**(ome.get("image-label") or {}), **label_display(pyramid)}
+        image_label = {**(ome.get("image-label") or {}), **label_display(pyramid.class_names, pyramid.class_colors)}
         if v3:
             group.attrs["ome"] = {**ome, "image-label": image_label}
         else:
@@ -243,9 +242,6 @@ class LabelStore:
             f"(LabelStore.add_classes({{{values[0]}: 'name'}}), or commit(..., new_classes=...))"
         )
 
-    def _update_pyramid(self, box: Box) -> None:
-        update_levels(self.arrays, *box, axes=self.axes, labels=True)
-
     def _recover(self) -> None:
         """Bring the coarser levels in step with level 0 after a commit that was interrupted (crash, kill)."""
         journal = self.path / JOURNAL
@@ -256,7 +252,7 @@ class LabelStore:
         except (ValueError, KeyError, TypeError, HiresError):
             box = Box(0, self.shape[0], 0, self.shape[1])  # unreadable journal: rebuild everything
         with self._lock:
-            self._update_pyramid(box)
+            self.store.update_levels(box)
             journal.unlink()
 
     def _write_journal(self, box: Box) -> None:

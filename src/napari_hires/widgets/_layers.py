@@ -11,7 +11,6 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from napari_hires.errors import HiresError
@@ -129,11 +128,8 @@ def prediction_layers(spec: Any, path: str, *, scale: tuple[float, float], trans
     blocks show on refresh), placed by the input layer's ``scale``/``translate``: Labels with the model's classes,
     an Image for restoration, an inferno heatmap of the last class for classification (``step`` input pixels each).
     """
-    writer = spec.writers[0]
-    plan = writer.plans[0]
-    template = plan.pyramid
-    order = [plan.axes.index(a) for a in template.axes]
-    levels = [da.from_zarr(a).transpose(order) for a in writer.arrays[""]]
+    template = spec.stores[0].pyramid
+    levels = template.levels
     spatial = {"y": 0, "x": 1}
     meta_source = {"source": str(path)}
     if "c" in template.axes and template.axes.startswith("c"):  # classification heatmap (classes, y, x)

@@ -458,7 +458,7 @@ class RunModelWidget(QWidget):
     def _add_layers(self, plan: Any) -> None:
         """Show the store being written: replace layers of an earlier run into the same store, keep their place."""
         layer = self._run_layer
-        out = str(plan.spec.writers[0].out)
+        out = str(plan.spec.out)
         for old in [lay for lay in self.viewer.layers if lay.metadata.get("source") == out]:
             self.viewer.layers.remove(old)
         step = plan.stride if plan.classify else 1
