@@ -13,6 +13,15 @@ MARKER = "napari_hires"
 RUN_RECORD = "napari_hires_run"
 
 
+#: Metadata documents, one of which every zarr store (v3, or v2 group or array) has at its root.
+ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
+
+
+def is_zarr(path: str | Path) -> bool:
+    """True for a folder holding a zarr store's root metadata (any zarr format; its content is not read)."""
+    return any((Path(path) / name).is_file() for name in ZARR_METADATA)
+
+
 def store_marker(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(marker, root attributes) of the zarr v3 store at ``path`` when its root carries napari-hires's marker; None
     for anything else (no store, another tool's store, unreadable metadata). Reads the root document only."""

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from napari_hires.errors import WRITE_ERRORS, HiresError, OutputExistsError
-from napari_hires.io.build_state import MARKER, store_marker
-
-_ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
+from napari_hires.io.build_state import MARKER, is_zarr, store_marker
 
 
 def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
@@ -61,25 +59,34 @@ def written_by_napari_hires(path: str | os.PathLike) -> bool:
     return store_marker(path) is not None
 
 
-def prepare_output(out: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``; then delete it only if napari-hires wrote it (its marker is in
-    the root metadata) or it is an empty folder. Anything else is refused, so ``overwrite`` never removes data that
-    napari-hires did not create."""
+def check_replaceable(out: str | os.PathLike, overwrite: bool, *, folder: bool = True) -> None:
+    """Refuse an existing output unless ``overwrite``, and then anything but an empty folder or a store that
+    napari-hires wrote (its marker is in the root metadata), or (``folder`` False) a file: ``overwrite`` never
+    replaces data that napari-hires did not create."""
     out = Path(out)
     if not out.exists() and not out.is_symlink():
         return
     if not overwrite:
         raise OutputExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
-    if not out.is_dir() or out.is_symlink():
-        raise OutputExistsError(f"{out} exists and is not a directory; refusing to replace it, choose another output path")
-    if not any(out.iterdir()):
-        out.rmdir()
+    if out.is_symlink() or out.is_dir() != folder:
+        raise OutputExistsError(f"{out} exists and is not a {'directory' if folder else 'file'}; refusing to replace "
+                                "it, choose another output path")
+    if not folder or not any(out.iterdir()):
         return
-    if not any((out / name).exists() for name in _ZARR_METADATA):
+    if not is_zarr(out):
         raise OutputExistsError(f"{out} is a non-empty directory but not a zarr store; refusing to delete it, "
                                 "choose another output path")
     if not written_by_napari_hires(out):
         raise OutputExistsError(f"{out} is a zarr store that napari-hires did not write (no {MARKER!r} marker in its "
                                 "root metadata); refusing to delete it even with --overwrite: remove it yourself or "
                                 "choose another output path")
-    shutil.rmtree(out)
+
+
+def prepare_output(out: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an existing output unless it may be replaced (:func:`check_replaceable`), then delete it."""
+    out = Path(out)
+    check_replaceable(out, overwrite)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    elif out.exists():
+        shutil.rmtree(out)

@@ -16,6 +16,7 @@ import dask.array as da
 import numpy as np
 
 from napari_hires.errors import ImageReadError
+from napari_hires.io.build_state import is_zarr
 from napari_hires.io.pyramid import Pyramid
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
@@ -98,8 +99,7 @@ def _format_of(p: Path) -> str | None:
     """'zarr', 'tiff', 'flat' or None, from the name and (for unknown names) the first bytes."""
     suffix = p.suffix.lower()
     if p.is_dir():
-        markers = ("zarr.json", ".zgroup", ".zarray")
-        return "zarr" if suffix == ".zarr" or any((p / m).is_file() for m in markers) else None
+        return "zarr" if suffix == ".zarr" or is_zarr(p) else None
     if suffix in TIFF_SUFFIXES:
         return "tiff"
     if suffix in FLAT_SUFFIXES:

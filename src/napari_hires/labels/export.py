@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -27,9 +26,10 @@ from typing import Any, Callable, Iterator
 import dask.array as da
 import numpy as np
 
-from napari_hires.errors import HiresError, HiresWarning, OutputExistsError
+from napari_hires.errors import HiresError, HiresWarning
 from napari_hires.io.output_lock import process_running
-from napari_hires.io.output_path import check_output, check_writable, written_by_napari_hires
+from napari_hires.io.output_path import check_output, check_replaceable, check_writable
+from napari_hires.io.progress import Progress, ticker
 from napari_hires.io.pyramid import Pyramid
 
 FORMATS = ("ome-zarr", "tiff", "geojson")
@@ -44,8 +44,6 @@ _AXES_BY_NDIM = {2: "yx", 3: "zyx", 4: "tzyx"}
 _UM_PER_UNIT = {"micrometer": 1.0, "µm": 1.0, "um": 1.0, "nanometer": 1e-3, "nm": 1e-3, "millimeter": 1e3, "mm": 1e3}
 #: An export temporary: ".partial-HOST-PID-RANDOM-NAME", HOST the first 8 hex digits of the host name's SHA-1.
 _PARTIAL = re.compile(r"^\.partial-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}-.+$")
-
-Progress = bool | Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -244,19 +242,7 @@ def _yx_levels(pyr: Pyramid) -> list[da.Array]:
 def _check_output(out: Path, fmt: str, overwrite: bool) -> None:
     if not out.parent.is_dir():
         raise HiresError(f"the folder {out.parent} does not exist; create it or choose another output path")
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
-    if out.is_symlink() or out.is_dir() != (fmt == "ome-zarr"):
-        raise OutputExistsError(f"{out} exists and is not a {'zarr store' if fmt == 'ome-zarr' else 'file'}; "
-                                "refusing to replace it, choose another output path")
-    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in ("zarr.json", ".zgroup", ".zarray")):
-        raise OutputExistsError(f"{out} is a non-empty directory but not a zarr store; refusing to replace it, "
-                                "choose another output path")
-    if out.is_dir() and any(out.iterdir()) and not written_by_napari_hires(out):
-        raise OutputExistsError(f"{out} is a zarr store that napari-hires did not write; refusing to replace it even "
-                                "with --overwrite: remove it yourself or choose another output path")
+    check_replaceable(out, overwrite, folder=fmt == "ome-zarr")
 
 
 @contextmanager
@@ -301,25 +287,6 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _ticker(progress: Progress, total: int, desc: str) -> tuple[Callable[[], None], Callable[[], None]]:
-    """A (tick, close) pair reporting blocks done: a tqdm bar on stderr, a callback(done, total), or nothing."""
-    if progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="block", desc=desc, file=sys.stderr)
-        return (lambda: bar.update(1)), bar.close
-    if callable(progress):
-        done = [0]
-        progress(0, total)
-
-        def tick() -> None:
-            done[0] += 1
-            progress(done[0], total)
-
-        return tick, lambda: None
-    return (lambda: None), (lambda: None)
-
-
 # ---------------------------------------------------------------------------------------------------- GeoJSON
 
 
@@ -328,7 +295,7 @@ def _write_geojson(pyr: Pyramid, path: Path, progress: Progress, block: int) -> 
 
     level0 = _yx_levels(pyr)[0]
     colors = {v: tuple(int(round(255 * c)) for c in rgba[:3]) for v, rgba in pyr.class_colors.items()}
-    tick, close = _ticker(progress, len(block_boxes(*level0.shape, block)), f"tracing {path.name}")
+    tick, close = ticker(progress, len(block_boxes(*level0.shape, block)), f"tracing {path.name}")
     try:
         with open(path, "w", encoding="utf-8", newline="\n") as fh:
             write_geojson(level0, fh, class_names=pyr.class_names, class_colors=colors, block=block, tick=tick)
@@ -349,7 +316,7 @@ def _write_tiff(pyr: Pyramid, path: Path, progress: Progress, block: int) -> Non
         levels = _tiff_levels(pyr, work, progress)
         width = max(TILE, block // TILE * TILE)
         total = sum(-(-lv.shape[0] // TILE) * -(-lv.shape[1] // width) for lv in levels)
-        tick, close = _ticker(progress, total, f"writing {path.name}")
+        tick, close = ticker(progress, total, f"writing {path.name}")
         nbytes = sum(lv.size for lv in levels) * levels[0].dtype.itemsize
         try:
             with tifffile.TiffWriter(path, bigtiff=nbytes > 2**31, ome=True) as tif:

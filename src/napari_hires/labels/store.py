@@ -24,7 +24,7 @@ import zarr
 
 from napari_hires.errors import HiresError
 from napari_hires.geometry import Box
-from napari_hires.io.build_state import is_incomplete
+from napari_hires.io.build_state import is_incomplete, is_zarr
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.io.pyramid_store import PyramidStore, label_display
 
@@ -65,7 +65,7 @@ class LabelStore:
         if not path.exists():
             raise HiresError(f"{path}: no such label store; check the path"
                              + (f" and that the image has labels named {name!r}" if name else ""))
-        if not path.is_dir() or not any((path / m).is_file() for m in ("zarr.json", ".zgroup", ".zarray")):
+        if not path.is_dir() or not is_zarr(path):
             raise HiresError(f"{path} is not an OME-Zarr label image, so it cannot be edited in place; "
                              + _convert_hint(path))
         group = zarr.open(str(path), mode="r+")
