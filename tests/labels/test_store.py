@@ -14,8 +14,9 @@ import zarr
 from napari_hires.errors import HiresError
 from napari_hires.io.ome_zarr_writer import OmeZarrWriter, write_ome_zarr
 from napari_hires.io.pyramid import Pyramid
+from napari_hires.io.pyramid_store import EDIT_JOURNAL as JOURNAL
 from napari_hires.io.synthetic import synthetic_slide
-from napari_hires.labels.store import JOURNAL, Box, EditSession, LabelStore
+from napari_hires.labels.store import Box, EditSession, LabelStore
 
 SIZE = (1024, 768)
 LAYOUT = dict(chunk=128, min_size=64, derive_levels=True)
@@ -156,7 +157,7 @@ def test_bad_commits_are_refused_and_leave_the_store_unchanged(store_path, truth
 def test_an_interrupted_commit_is_repaired_when_the_store_is_opened(store_path, truth, tmp_path):
     """A crash after level 0 was written but before the coarser levels were: the journal names the box."""
     store = LabelStore.open(store_path)
-    store._write_journal(Box(100, 164, 200, 300))
+    store.pyramid_store.begin_edit(Box(100, 164, 200, 300))
     store.arrays[0][100:164, 200:300] = 2
     coarse_before = store.arrays[2][...]
     reopened = LabelStore.open(store_path)

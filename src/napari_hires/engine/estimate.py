@@ -205,20 +205,10 @@ def estimate_run(
 
 def stored_progress(out: str | Path) -> tuple[int, int] | None:
     """(blocks done, blocks) of an unfinished prediction store at ``out``; None when there is none to resume."""
-    import zarr
+    from napari_hires.io.pyramid_store import read_journal
 
-    from napari_hires.engine.output import JOURNAL
-    from napari_hires.io.build_state import MARKER
-
-    out = Path(out)
-    if not (out / "zarr.json").is_file():
-        return None
-    try:
-        root = zarr.open_group(str(out), mode="r")
-        if root.attrs.get(MARKER, {}).get("state") != "writing" or JOURNAL not in root:
-            return None
-        journal = root[JOURNAL][...]
-    except Exception:  # not a store of ours, or unreadable: nothing to resume
+    journal = read_journal(out)
+    if journal is None:
         return None
     return int(np.count_nonzero(journal)), int(journal.size)
 

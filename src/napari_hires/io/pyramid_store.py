@@ -12,6 +12,7 @@ level-0 blocks of a resumable job.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import threading
@@ -41,6 +42,8 @@ BLOCK_SIDE = 1024
 NGFF_ORDER = "tczyx"
 #: Array (in the root group) of one byte per level-0 block of a resumable job, set once the block is written.
 JOURNAL = "napari_hires_journal/blocks"
+#: File in an image's directory naming the level-0 box of an in-place edit in progress (absent when in step).
+EDIT_JOURNAL = "napari_hires_edit.json"
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 _UNITS = {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "millimeter", "m": "meter",
           "s": "second", "ms": "millisecond"}
@@ -235,6 +238,19 @@ def _recorded(out: Path) -> tuple[str, dict[str, Any] | None] | None:
     return "complete", attrs.get(RUN_RECORD)
 
 
+def read_journal(out: str | os.PathLike) -> np.ndarray | None:
+    """The block journal of an unfinished store at ``out`` (one byte per level-0 block, set once it is written);
+    None when there is none to resume (no store, a finished one, another tool's, or an unreadable one)."""
+    found = store_marker(out)
+    if found is None or found[0].get("state") != "writing":
+        return None
+    try:
+        root = zarr.open_group(str(out), mode="r")
+        return root[JOURNAL][...] if JOURNAL in root else None
+    except Exception:  # unreadable: nothing to resume
+        return None
+
+
 @dataclass
 class PyramidStore:
     """One image or label image in a zarr group: its level arrays (NGFF axis order), layout and description.
@@ -312,6 +328,11 @@ class PyramidStore:
         return self.layout.axes
 
     @property
+    def folder(self) -> Path:
+        """The image's directory on disk."""
+        return Path(self.group.store.root) / self.group.path
+
+    @property
     def labels(self) -> bool:
         return self.meta["kind"] == "labels"
 
@@ -345,6 +366,34 @@ class PyramidStore:
         chunks may span boxes)."""
         with self._shared:
             return update_levels(self.levels[first:], *box, axes=self.axes, labels=self.labels)
+
+    def edit(self, box: Box, data: np.ndarray) -> None:
+        """Write ``data`` at ``box`` of a finished store in place, every level in step: the box is recorded in the
+        edit journal first and cleared once the levels follow, so that an edit cut short is repaired by
+        :meth:`recover` (a crash loses at most that edit's coarser levels, never their agreement with level 0)."""
+        self.begin_edit(box)
+        self.write(box, data)
+        (self.folder / EDIT_JOURNAL).unlink()
+
+    def begin_edit(self, box: Box) -> None:
+        """Record in the edit journal (atomically) that ``box`` of level 0 is about to change."""
+        tmp = self.folder / f".{EDIT_JOURNAL}.tmp"
+        tmp.write_text(json.dumps({"pending": list(box)}))
+        os.replace(tmp, self.folder / EDIT_JOURNAL)
+
+    def recover(self, check: Callable[[Box], Box]) -> None:
+        """Bring the coarser levels in step after an edit cut short (crash, kill): over its journalled box, or over
+        the whole image when the journal is unreadable or ``check`` refuses its box."""
+        journal = self.folder / EDIT_JOURNAL
+        if not journal.is_file():
+            return
+        try:
+            box = check(Box(*(int(v) for v in json.loads(journal.read_text())["pending"])))
+        except (ValueError, KeyError, TypeError, HiresError):
+            shape = self.levels[0].shape
+            box = Box(0, shape[self.axes.index("y")], 0, shape[self.axes.index("x")])
+        self.update_levels(box)
+        journal.unlink()
 
     def journal(self, shape: tuple[int, int]) -> zarr.Array:
         """The job's journal of finished level-0 blocks (``shape`` = blocks in y and x): kept when the store was

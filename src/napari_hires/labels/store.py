@@ -9,7 +9,6 @@ starts and cleared when the pyramid is in step again, so a crash mid-commit is r
 from __future__ import annotations
 
 import colorsys
-import json
 import math
 import os
 import threading
@@ -30,8 +29,6 @@ from napari_hires.io.pyramid_store import PyramidStore, label_display
 
 #: Largest side in pixels of a window checked out for editing (a single-scale layer this big still displays crisply).
 MAX_SIDE = 4096
-#: File in the label image's directory naming the level-0 box of a commit in progress (absent when in step).
-JOURNAL = "napari_hires_edit.json"
 #: Largest level (pixels) searched for a label value the class table lacks, before a commit holding it is refused.
 SCAN_PIXELS = 16 * 2**20
 
@@ -45,7 +42,7 @@ class LabelStore:
 
     def __init__(self, path: Path, store: PyramidStore, pyramid: Pyramid) -> None:
         self.path = path
-        self.store = store  # the level arrays, kept in step by the one pyramid store
+        self.pyramid_store = store  # the level arrays, kept in step
         self.arrays = store.levels
         self.axes = store.axes
         self.pyramid = pyramid  # the read-only Pyramid from napari_hires.io (class names, colours, scale)
@@ -174,9 +171,7 @@ class LabelStore:
             if new_classes:
                 self._add_classes(new_classes)
             self._check_classes(box, data)
-            self._write_journal(box)
-            self.store.write(box, data.reshape(self._sel_shape(box)))
-            (self.path / JOURNAL).unlink()
+            self.pyramid_store.edit(box, data.reshape(self._sel_shape(box)))
         return box
 
     def add_classes(self, classes: dict[int, str]) -> None:
@@ -244,21 +239,8 @@ class LabelStore:
 
     def _recover(self) -> None:
         """Bring the coarser levels in step with level 0 after a commit that was interrupted (crash, kill)."""
-        journal = self.path / JOURNAL
-        if not journal.is_file():
-            return
-        try:
-            box = self._check_box(Box(*(int(v) for v in json.loads(journal.read_text())["pending"])))
-        except (ValueError, KeyError, TypeError, HiresError):
-            box = Box(0, self.shape[0], 0, self.shape[1])  # unreadable journal: rebuild everything
         with self._lock:
-            self.store.update_levels(box)
-            journal.unlink()
-
-    def _write_journal(self, box: Box) -> None:
-        tmp = self.path / f".{JOURNAL}.tmp"
-        tmp.write_text(json.dumps({"pending": list(box)}))
-        os.replace(tmp, self.path / JOURNAL)
+            self.pyramid_store.recover(self._check_box)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _check_box(self, box: Box) -> Box:
