@@ -238,6 +238,11 @@ def _recorded(out: Path) -> tuple[str, dict[str, Any] | None] | None:
     return "complete", attrs.get(RUN_RECORD)
 
 
+def _described(pyramid: Pyramid) -> dict[str, Any]:
+    """What ``pyramid`` says besides its levels, as :attr:`PyramidStore.meta`."""
+    return {f.name: getattr(pyramid, f.name) for f in fields(Pyramid) if f.name != "levels"}
+
+
 def read_journal(out: str | os.PathLike) -> np.ndarray | None:
     """The block journal of an unfinished store at ``out`` (one byte per level-0 block, set once it is written);
     None when there is none to resume (no store, a finished one, another tool's, or an unreadable one)."""
@@ -306,8 +311,7 @@ class PyramidStore:
     def of(cls, pyramid: Pyramid, root: zarr.Group, path: str, layout: Layout, state: str = "new",
            run: dict[str, Any] | None = None) -> "PyramidStore":
         """The store of ``pyramid`` (its description, not its pixels) at group ``path`` of ``root``."""
-        meta = {f.name: getattr(pyramid, f.name) for f in fields(Pyramid) if f.name != "levels"}
-        return cls.create_in(root, path, layout, meta, rgb=pyramid.rgb, state=state, run=run)
+        return cls.create_in(root, path, layout, _described(pyramid), rgb=pyramid.rgb, state=state, run=run)
 
     @classmethod
     def existing(cls, group: zarr.Group, levels: list[zarr.Array], axes: str, pyramid: Pyramid) -> "PyramidStore":
@@ -318,8 +322,7 @@ class PyramidStore:
         layout = Layout(axes, shapes, [(shapes[0][iy] / s[iy], shapes[0][ix] / s[ix]) for s in shapes],
                         [tuple(a.chunks) for a in levels], [getattr(a, "shards", None) for a in levels],
                         np.dtype(levels[0].dtype))
-        meta = {f.name: getattr(pyramid, f.name) for f in fields(Pyramid) if f.name != "levels"}
-        return cls(group, layout, levels, {**meta, "axes": axes}, pyramid.rgb, "complete")
+        return cls(group, layout, levels, {**_described(pyramid), "axes": axes}, pyramid.rgb, "complete")
 
     # ------------------------------------------------------------------------------------------------ reading
     @property
@@ -371,9 +374,10 @@ class PyramidStore:
         """Write ``data`` at ``box`` of a finished store in place, every level in step: the box is recorded in the
         edit journal first and cleared once the levels follow, so that an edit cut short is repaired by
         :meth:`recover` (a crash loses at most that edit's coarser levels, never their agreement with level 0)."""
-        self.begin_edit(box)
-        self.write(box, data)
-        (self.folder / EDIT_JOURNAL).unlink()
+        with self._shared:
+            self.begin_edit(box)
+            self.write(box, data)
+            (self.folder / EDIT_JOURNAL).unlink()
 
     def begin_edit(self, box: Box) -> None:
         """Record in the edit journal (atomically) that ``box`` of level 0 is about to change."""
