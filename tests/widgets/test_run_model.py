@@ -145,12 +145,22 @@ class StallMeter:
         return max((b - a for a, b in self.gaps if creates((a, b)) == creating_layers), default=0.0)
 
 
-def test_run_on_rectangle_matches_engine(make_napari_viewer, qtbot, slide, model_file, direct, tmp_path):
-    viewer = make_napari_viewer(show=True)
-    out = tmp_path / "run.zarr"
-    widget, image = setup_widget(viewer, slide, model_file, out)
+def run_rectangle(qtbot, widget, on_event=None) -> object:
+    """Once the form's estimate is in (as a user would see it), click Run (``on_event`` sees every event the run
+    yields) and wait for its result."""
+    settle(qtbot, widget)
+    widget.run_button.native.click()
+    if on_event is not None:
+        widget.worker.yielded.connect(on_event)
+    wait_for_run(qtbot, widget)
+    return widget.result
 
-    # The estimate: the blocks and tiles the engine lays out, a time and a memory figure.
+
+def test_estimate_shows_the_engines_blocks_tiles_time_and_memory(make_napari_viewer, qtbot, slide, model_file,
+                                                                 tmp_path):
+    """The estimate: the blocks and tiles the engine lays out, a time and a memory figure; and the automatic values."""
+    viewer = make_napari_viewer(show=True)
+    widget, _ = setup_widget(viewer, slide, model_file, tmp_path / "run.zarr")
     qtbot.waitUntil(lambda: re.search(r"\d+ blocks, \d+ tiles · ~[\d.]+ (s|min)", widget.estimate.value) is not None,
                     timeout=WAIT_MS)
     torch.manual_seed(0)
@@ -158,31 +168,66 @@ def test_run_on_rectangle_matches_engine(make_napari_viewer, qtbot, slide, model
                             tile=SETTINGS["tile"], overlap=SETTINGS["overlap"])
     assert widget.estimate.value.startswith(f"{geometry.blocks} blocks, {geometry.tiles} tiles")
     assert re.search(r"[\d.]+ (KiB|MiB|GiB) RAM", widget.estimate.value)
+    qtbot.waitUntil(lambda: widget.auto.value != "", timeout=WAIT_MS)
     assert "overlap" in widget.auto.value and "batch 2" in widget.auto.value  # the automatic values, shown
+    settle(qtbot, widget)
 
-    meter = StallMeter(viewer)
+
+def test_run_on_rectangle_writes_every_block_and_says_done(make_napari_viewer, qtbot, slide, model_file, tmp_path):
+    """Every block of the rectangle is written; the status ends on "done" and the progress bar full."""
+    viewer = make_napari_viewer(show=True)
+    widget, _ = setup_widget(viewer, slide, model_file, tmp_path / "run.zarr")
+    geometry = run_geometry((2048, 2048), widget.load_model(MODEL_FILE, model_file), region=REGION,
+                            tile=SETTINGS["tile"], overlap=SETTINGS["overlap"])
+    result = run_rectangle(qtbot, widget)
+    assert not result.cancelled and result.blocks_done == result.blocks_total == geometry.blocks == 4
+    qtbot.waitUntil(lambda: widget.status.value.startswith("done"), timeout=WAIT_MS)
+    assert widget.status.value.startswith("done")
+    qtbot.waitUntil(lambda: widget.progress.value == widget.progress.max == 4, timeout=WAIT_MS)
+    assert widget.progress.value == widget.progress.max == 4
+    settle(qtbot, widget)
+
+
+def test_result_layer_is_there_from_the_first_block(make_napari_viewer, qtbot, slide, model_file, tmp_path):
+    """The result layer is in the viewer when the first block lands, and stays for every block."""
+    viewer = make_napari_viewer(show=True)
+    widget, _ = setup_widget(viewer, slide, model_file, tmp_path / "run.zarr")
     seen: list[int] = []  # result layers in the viewer at each block event
 
     def on_event(event: tuple) -> None:
         if event[0] == "block":
             seen.append(sum(lay in viewer.layers for lay in widget.result_layers))
 
-    meter.start()
-    widget.run_button.native.click()
-    widget.worker.yielded.connect(on_event)
-    wait_for_run(qtbot, widget)
-    meter.stop()
-
-    result = widget.result
-    assert not result.cancelled and result.blocks_done == result.blocks_total == geometry.blocks == 4
-    assert widget.status.value.startswith("done")
-    assert widget.progress.value == widget.progress.max == 4
+    run_rectangle(qtbot, widget, on_event)
+    qtbot.waitUntil(lambda: len(seen) == 4, timeout=WAIT_MS)
     assert seen == [1, 1, 1, 1]  # the result layer was there from the first block on
+    settle(qtbot, widget)
+
+
+def test_main_thread_never_stalls_long_during_a_run(make_napari_viewer, qtbot, slide, model_file, tmp_path):
+    """Apart from napari creating the result layer, the main thread never stalls for 0.2 s while blocks land."""
+    viewer = make_napari_viewer(show=True)
+    widget, _ = setup_widget(viewer, slide, model_file, tmp_path / "run.zarr")
+    settle(qtbot, widget)
+    meter = StallMeter(viewer)
+    meter.start()
+    result = run_rectangle(qtbot, widget)
+    meter.stop()
     stall, creating = meter.longest(), meter.longest(creating_layers=True)
     print(f"longest main-thread stall during the run: {stall * 1000:.0f} ms "
           f"(napari creating the result layer: {creating * 1000:.0f} ms; run {result.seconds:.1f} s)")
     assert stall < 0.2, f"the main thread stalled for {stall * 1000:.0f} ms"
+    settle(qtbot, widget)
 
+
+def test_run_on_rectangle_matches_engine(make_napari_viewer, qtbot, slide, model_file, direct, tmp_path):
+    """The result layer is a multiscale Labels layer placed like the image, with the engine's own labels inside the
+    rectangle, nothing outside it, and coarser levels that follow level 0."""
+    viewer = make_napari_viewer(show=True)
+    out = tmp_path / "run.zarr"
+    widget, image = setup_widget(viewer, slide, model_file, out)
+    run_rectangle(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("done"), timeout=WAIT_MS)  # coarser levels written
     layer = labels_layer(viewer, out)
     assert layer.multiscale and isinstance(layer, Labels)
     np.testing.assert_allclose(layer.scale, image.scale)
@@ -191,11 +236,24 @@ def test_run_on_rectangle_matches_engine(make_napari_viewer, qtbot, slide, model
     np.testing.assert_array_equal(got, direct)
     y0, y1, x0, x1 = REGION
     assert got[y0:y1, x0:x1].any() and not got[:y0].any() and not got[:, x1:].any()
-    # The model card's classes and colours.
-    np.testing.assert_allclose(layer.colormap.map(np.array([1]))[0], COLORS[1])
-    assert list(layer.features["class"]) == list(CLASSES.values())
     # Coarser levels follow level 0.
     assert np.asarray(layer.data[1]).any()
+    settle(qtbot, widget)
+
+
+def test_result_layer_has_the_model_cards_classes_and_colours(make_napari_viewer, qtbot, slide, model_file,
+                                                               tmp_path):
+    """The Labels layer takes the class names and colours of the model file's card."""
+    viewer = make_napari_viewer(show=True)
+    out = tmp_path / "run.zarr"
+    widget, _ = setup_widget(viewer, slide, model_file, out)
+    settle(qtbot, widget)
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: any(lay.metadata.get("source") == str(out) for lay in viewer.layers), timeout=WAIT_MS)
+    layer = labels_layer(viewer, out)
+    np.testing.assert_allclose(layer.colormap.map(np.array([1]))[0], COLORS[1])
+    assert list(layer.features["class"]) == list(CLASSES.values())
+    wait_for_run(qtbot, widget)
     settle(qtbot, widget)
 
 
