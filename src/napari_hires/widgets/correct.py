@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Labels
-from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import Container, Label, PushButton, SpinBox
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.labels.store import MAX_SIDE, EditSession, LabelStore
 from napari_hires.widgets import _layers
+from napari_hires.widgets._base import DockWidget
 from napari_hires.widgets._status import report_error
 
 _SAVED, _COMMIT, _DISCARD = "saved", "commit", "discard"
@@ -48,21 +48,20 @@ def layer_source(layer: Any) -> str | None:
     return (getattr(layer, "metadata", None) or {}).get("source") or getattr(layer.source, "path", None)
 
 
-class CorrectLabelsWidget(QWidget):
+class CorrectLabelsWidget(DockWidget):
     """Check out, edit (autosaved stroke by stroke), commit or discard the window of a labels store under the view."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.session: EditSession | None = None
         self.edit_layer: Any = None
         self.source_layer: Any = None
         self.pending = 0  # background writes not yet landed
         self._worker: Any = None
         self._stores: dict[str, LabelStore] = {}
-        self.layer_box = ComboBox(label="labels", choices=self._store_layers,
-                                  tooltip="a labels layer read from an OME-Zarr label store (a prediction or "
-                                          "imported labels)")
+        self.layer_box = self.layer_choice(
+            "labels", Labels, where=lambda layer: layer is not self.edit_layer and bool(layer_source(layer)),
+            tooltip="a labels layer read from an OME-Zarr label store (a prediction or imported labels)")
         self.max_side = SpinBox(label="max side", value=MAX_SIDE, min=256, max=8192, step=256,
                                 tooltip="largest window (level-0 pixels a side) checked out; a larger view gives "
                                         "its central part")
@@ -79,9 +78,7 @@ class CorrectLabelsWidget(QWidget):
         self.status.native.setWordWrap(True)
         form = Container(widgets=[self.layer_box, self.max_side, self.edit_button, self.commit_button,
                                   self.discard_button, self.status])
-        layout = QVBoxLayout(self)
-        layout.addWidget(form.native)
-        layout.addStretch()
+        self.set_content(form)
 
         self._relay = _Relay(self)
         self._relay.done.connect(self._on_written)
@@ -92,18 +89,10 @@ class CorrectLabelsWidget(QWidget):
         self.edit_button.changed.connect(self.edit_here)
         self.commit_button.changed.connect(self.commit)
         self.discard_button.changed.connect(self.discard)
-        self.viewer.layers.events.inserted.connect(self._reset_choices)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._set_editing(False)
 
     # ------------------------------------------------------------------------------------------------ choosing
-    def _store_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        return [(layer.name, layer) for layer in self.viewer.layers
-                if isinstance(layer, Labels) and layer is not self.edit_layer and layer_source(layer)]
-
-    def _reset_choices(self, _event: Any = None) -> None:
-        self.layer_box.reset_choices()
-
     def _store_for(self, layer: Any) -> LabelStore:
         """One LabelStore per source, so every commit to it goes through the same lock."""
         source = str(layer_source(layer))
@@ -197,7 +186,7 @@ class CorrectLabelsWidget(QWidget):
         layer.events.set_data.connect(self._schedule_save)  # undo and redo
         self.viewer.layers.selection.active = layer
         layer.mode = "paint"
-        self._reset_choices()
+        self.refresh_layer_choices()
         self._set_editing(True)
         self.status.value = (f"editing {w} of {source.name} ({w.shape[0]} x {w.shape[1]} px); every edit is saved "
                              f"as you make it.{note}")
@@ -228,7 +217,7 @@ class CorrectLabelsWidget(QWidget):
         if event.value is self.edit_layer:  # the user deleted the editing layer: keep the autosaved edits
             self._close_session()
             self.status.value = "editing layer removed; the edits made in it are saved"
-        self._reset_choices()
+            self.refresh_layer_choices()
 
     # ------------------------------------------------------------------------------------------------ writes
     def _track(self, future: Future, then: str) -> None:

@@ -20,17 +20,16 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
-from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.io.pyramid import Pyramid
 from napari_hires.widgets import _layers
-from napari_hires.widgets._status import report_error
+from napari_hires.widgets._base import MODEL_FILE, DockWidget, model_choices
+from napari_hires.widgets._status import message_rows, report_error
 
 PREVIEW_LAYER = "restoration preview"
-MODEL_FILE = "model file..."
 DEBOUNCE_MS = 250
 #: The trained demo denoiser first, then the smallest untrained MAXIM.
 PREFERRED_MODELS = ("maxim_nano.denoise_synthetic", "maxim_nano")
@@ -79,26 +78,21 @@ class _Relay(QObject):
     partial = Signal(int, object)
 
 
-class RestorationPreviewWidget(QWidget):
+class RestorationPreviewWidget(DockWidget):
     """Live restoration preview of the region in view, with opacity, split and before/after comparison."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
+        super().__init__(napari_viewer)
         from napari.layers import Image
 
-        from napari_hires.engine.device import DEVICES
         from napari_hires.models import list_models
 
-        self.viewer = napari_viewer
         self._camera = _layers.camera(napari_viewer)
-        self._image_type = Image
         models = list_models(task="restoration", aliases=False)
-        self.image = ComboBox(label="image", choices=self._image_layers)
-        self.model = ComboBox(label="model", choices=[*models, MODEL_FILE],
-                              value=next((m for m in PREFERRED_MODELS if m in models), (models or [MODEL_FILE])[0]))
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.json",
-                                   tooltip="NAME.safetensors with its NAME.json card", visible=False)
-        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
+        self.image = self.layer_choice("image", Image, where=lambda layer: layer.name != PREVIEW_LAYER)
+        self.model_section(model_choices(models),
+                           value=next((m for m in PREFERRED_MODELS if m in models), (models or [MODEL_FILE])[0]))
+        self.device = self.device_choice()
         self.live = CheckBox(label="live preview", value=False,
                              tooltip="restore the region in view whenever the camera stops")
         self.opacity = FloatSlider(label="opacity", min=0.0, max=1.0, step=0.05, value=1.0)
@@ -107,13 +101,9 @@ class RestorationPreviewWidget(QWidget):
                                         "the left half of the view, the original on the right; original: the image "
                                         "alone")
         self.status = Label(label="status", value="off")
-        self.status.native.setWordWrap(True)  # long messages wrap instead of widening the dock over the canvas
-        self.status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self._form = Container(widgets=[self.image, self.model, self.model_file, self.device, self.live,
-                                        self.opacity, self.compare, self.status])
-        layout = QVBoxLayout(self)
-        layout.addWidget(self._form.native)
-        layout.addStretch()
+                                        self.opacity, self.compare])
+        self.set_content(self._form, message_rows(self.status))  # long messages wrap, whole lines
 
         self.service: Any = None  # the PreviewService of the current image, model and device
         self._service_key: tuple | None = None
@@ -126,7 +116,7 @@ class RestorationPreviewWidget(QWidget):
         self._moved_at = time.perf_counter()  # when the camera last moved (or the preview was asked for)
         self._last_view = self._view()
         self._fired_at = self._moved_at  # when the debounce timer last fired
-        self._awaiting_draw: str | None = None  # "first" or "final" once a result is set, until the canvas draws it
+        self._awaiting_draw: str | None = None  # "first" or "final" once a result is set, until its layer slices it
         self.first_ms: float | None = None  # camera stopped -> the first cells of the preview drawn
         self.latency_ms: float | None = None  # camera stopped -> the whole preview drawn, for the last result
         self.compute_ms: float | None = None  # debounce timer fired -> the whole preview drawn
@@ -142,7 +132,7 @@ class RestorationPreviewWidget(QWidget):
         self._relay.finished.connect(self._on_finished)
         self._relay.partial.connect(self._on_partial)
 
-        self.model.changed.connect(self._on_model_choice)
+        self.model.changed.connect(self._on_source_changed)
         self.model_file.changed.connect(self._on_source_changed)
         self.image.changed.connect(self._on_source_changed)
         self.device.changed.connect(self._on_source_changed)
@@ -155,19 +145,12 @@ class RestorationPreviewWidget(QWidget):
             (napari_viewer.dims.events.current_step, self._on_camera),
             (napari_viewer.dims.events.ndisplay, self._on_camera),
             (napari_viewer.canvas.events.size, self._on_camera),
-            (napari_viewer.layers.events.inserted, self._on_layers_changed),
-            (napari_viewer.layers.events.removed, self._on_layers_changed),
+            (napari_viewer.layers.events.removed, self._on_layer_removed),
         ]
         for emitter, callback in self._connections:
             emitter.connect(callback)
-        self._draw_event = self._canvas_draw_event()
-        if self._draw_event is not None:
-            self._draw_event.connect(self._on_draw)
 
     # ------------------------------------------------------------------ choices
-    def _image_layers(self, _widget: Any = None) -> list[Any]:
-        return [ly for ly in self.viewer.layers if isinstance(ly, self._image_type) and ly.name != PREVIEW_LAYER]
-
     def _model_spec(self) -> str | None:
         if self.model.value != MODEL_FILE:
             return self.model.value
@@ -199,16 +182,9 @@ class RestorationPreviewWidget(QWidget):
         self._fired_at = time.perf_counter()
         self.refresh()
 
-    def _on_layers_changed(self, event: Any = None) -> None:
-        if getattr(getattr(event, "value", None), "name", None) == PREVIEW_LAYER:
-            if event.type == "removed":
-                self._requested = None  # the user deleted the preview: show the next result in any case
-            return
-        self.image.reset_choices()
-
-    def _on_model_choice(self, _value: Any = None) -> None:
-        self.model_file.visible = self.model.value == MODEL_FILE
-        self._on_source_changed()
+    def _on_layer_removed(self, event: Any) -> None:
+        if getattr(event.value, "name", None) == PREVIEW_LAYER:
+            self._requested = None  # the user deleted the preview: show the next result in any case
 
     def _on_source_changed(self, _value: Any = None) -> None:
         """A new image, model or device: the old service and its preview go, the next refresh builds a new one."""
@@ -279,11 +255,7 @@ class RestorationPreviewWidget(QWidget):
         if generation != self._generation or not self.live.value:
             return
         self.result = result
-        self._show()
-        if self.first_ms is None:
-            self._awaiting_draw = "first"
-            if self._draw_event is None:
-                self._on_draw()
+        self._show_awaiting("first" if self.first_ms is None else None)
         h, w = result.box.shape
         self.status.value = (f"restoring level {result.level}, {h} x {w} px: {result.cells - result.missing} of "
                              f"{result.cells} cells")
@@ -296,10 +268,7 @@ class RestorationPreviewWidget(QWidget):
             self._report(err)
             return
         self.result, self.latency_ms, self.compute_ms = future.result(), None, None
-        self._show()
-        self._awaiting_draw = "final"
-        if self._draw_event is None:  # no canvas to watch: count the preview as shown once its data is set
-            self._on_draw()
+        self._show_awaiting("final")
 
     def _cancel_pending(self) -> None:
         self._generation += 1
@@ -356,6 +325,14 @@ class RestorationPreviewWidget(QWidget):
         self._owned.clear()
 
     # ------------------------------------------------------------------ display
+    def _show_awaiting(self, kind: str | None) -> None:
+        """Show the current result and time it ("first" cells or "final") once the preview layer has sliced it for
+        the canvas (its public ``set_data`` event); a hidden layer, which does not slice, counts as shown at once."""
+        self._awaiting_draw = kind
+        self._show()
+        if self._awaiting_draw is not None:
+            self._on_draw()
+
     def _show(self, _value: Any = None) -> None:
         """Put the current result in the preview layer, cropped for the split and hidden for "original"."""
         result = self.result
@@ -391,6 +368,7 @@ class RestorationPreviewWidget(QWidget):
             kwargs["affine"] = image.affine
         active = self.viewer.layers.selection.active
         layer = self.viewer.add_image(data, **kwargs)
+        layer.events.set_data.connect(self._on_draw)
         if active is not None:
             self.viewer.layers.selection.active = active  # adding selected the preview: give the user theirs back
         return layer
@@ -410,12 +388,6 @@ class RestorationPreviewWidget(QWidget):
             layer.opacity = value
 
     # ------------------------------------------------------------------ latency
-    def _canvas_draw_event(self) -> Any:
-        """The vispy canvas's draw event (napari has no public hook for "frame drawn"), or None without a window."""
-        qt_viewer = getattr(getattr(self.viewer, "window", None), "_qt_viewer", None)
-        scene = getattr(getattr(qt_viewer, "canvas", None), "_scene_canvas", None)
-        return None if scene is None else scene.events.draw
-
     def _on_draw(self, _event: Any = None) -> None:
         if self._awaiting_draw is None:
             return
@@ -448,9 +420,6 @@ class RestorationPreviewWidget(QWidget):
         for emitter, callback in self._connections:
             emitter.disconnect(callback)
         self._connections = []
-        if self._draw_event is not None:
-            self._draw_event.disconnect(self._on_draw)
-            self._draw_event = None
         super().closeEvent(event)
 
 

@@ -18,15 +18,14 @@ import time
 from pathlib import Path
 from typing import Any, Generator
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.widgets import _layers
+from napari_hires.widgets._base import MODEL_FILE, DockWidget, model_choices
 from napari_hires.widgets._status import USER_ERRORS, message_rows, report_error
 
-MODEL_FILE = "model file..."
 SCOPES = ("whole image", "visible region", "Shapes rectangle")
 REFRESH_MS = 250  # layer and progress refresh while running
 ESTIMATE_DEBOUNCE_MS = 400
@@ -94,34 +93,30 @@ def run_steps(image: Any, model: Any, out: str, *, region: _layers.Region | None
         plan.close()  # the output is free for other runs however this one ends
 
 
-class RunModelWidget(QWidget):
+class RunModelWidget(DockWidget):
     """Choose image, model, scope, device and tiling; see the estimate; Run, Cancel, resume; watch it fill in."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
+        super().__init__(napari_viewer)
         from napari.layers import Image, Shapes
 
         from napari_hires.engine.device import PRECISIONS
         from napari_hires.models import list_models, model_entry
 
-        self.viewer = napari_viewer
-        self._types = (Image, Shapes)
         self._entries = {name: model_entry(name) for name in list_models(aliases=False)}
-        self.image = ComboBox(label="image", choices=self._image_layers, nullable=True)
-        self.model = ComboBox(label="model", choices=self._model_choices(), value=self._default_model())
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.json", visible=False,
-                                   tooltip="NAME.safetensors with its NAME.json card")
+        self.image = self.layer_choice("image", Image, nullable=True)
+        self.model_section(self._model_choices(), value=self._default_model())
         self.scope = ComboBox(label="scope", choices=list(SCOPES), value=SCOPES[0])
-        self.shapes = ComboBox(label="rectangle", choices=self._shapes_layers, nullable=True, visible=False,
-                               tooltip="the selected (else the first) shape of this Shapes layer")
-        self.device = ComboBox(label="device", choices=self._devices(), value="auto")
+        self.shapes = self.layer_choice("rectangle", Shapes, nullable=True, visible=False,
+                                        tooltip="the selected (else the first) shape of this Shapes layer")
+        self.device = self.device_choice()
         self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value="auto")
         self.tile = SpinBox(label="tile (0 = auto)", min=0, max=16384, step=32, value=0)
         self.overlap = SpinBox(label="overlap (0 = auto)", min=0, max=8192, value=0)
         self.batch = SpinBox(label="batch (0 = auto)", min=0, max=512, value=0)
         self.auto = Label(label="auto", value="")
         self.estimate = Label(label="estimate", value="")
-        self.output = FileEdit(label="output", mode="w", filter="*.zarr", tooltip="the prediction's .zarr store")
+        self.output_choice("output", "*.zarr", "the prediction's .zarr store")
         self.overwrite = CheckBox(label="overwrite", value=False,
                                   tooltip="replace an existing store at the output instead of resuming or refusing")
         self.resume = Label(label="resume", value="")
@@ -135,22 +130,15 @@ class RunModelWidget(QWidget):
         ])
         self._run_row = Container(widgets=[self.run_button, self.cancel_button, self.progress], layout="horizontal",
                                   labels=False)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self._form.native)
-        layout.addWidget(message_rows(self.auto, self.estimate, self.resume))
-        layout.addWidget(self._run_row.native)
-        layout.addWidget(message_rows(self.status))
-        layout.addStretch()
+        self.set_content(self._form, message_rows(self.auto, self.estimate, self.resume), self._run_row,
+                         message_rows(self.status))
+        self.job_buttons(self.run_button, self.cancel_button)
 
         self._models: dict[str, Any] = {}
         self._model_lock = threading.Lock()
-        self._output_auto = True
-        self._setting_output = False
         self._blocks_in_scope: int | None = None
-        self.worker: Any = None
         self.estimate_worker: Any = None
         self._estimate_again = False
-        self.cancel_token: Any = None
         self._run_layer: Any = None
         self.result: Any = None
         self.result_layers: list[Any] = []
@@ -171,35 +159,22 @@ class RunModelWidget(QWidget):
             w.changed.connect(self._on_input_changed)
         for w in (self.scope, self.shapes, self.device, self.precision, self.tile, self.overlap, self.batch):
             w.changed.connect(self._settings_changed)
-        self.output.changed.connect(self._on_output_changed)
         self.run_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(self.cancel)
-        events = self.viewer.layers.events
-        for event in (events.inserted, events.removed):
-            event.connect(self._on_layers_changed)
         camera = _layers.camera(self.viewer)
         camera.events.center.connect(self._on_camera)
         camera.events.zoom.connect(self._on_camera)
-        self._on_layers_changed()  # layers that were there before the widget
         self._on_input_changed()
         _layers.warm_layer_imports()
 
     # ------------------------------------------------------------------ choices
-    def _image_layers(self, _widget: Any = None) -> list[Any]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, self._types[0])]
-
-    def _shapes_layers(self, _widget: Any = None) -> list[Any]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, self._types[1])]
-
     def _model_choices(self) -> list[tuple[str, str]]:
-        """Registry names with their task and size: published (paper-sized) or small, and parameters once built."""
-        choices = []
-        for name, entry in self._entries.items():
-            size = "published" if entry.published else "small"
-            if name in _sizes:
-                size += f", {_sizes[name] / 1e6:.2f}M params"
-            choices.append((f"{name} ({entry.task}, {size})", name))
-        return [*choices, (MODEL_FILE, MODEL_FILE)]
+        """Trained models first (what they were trained on), untrained ones marked; each with its size: published
+        (paper-sized) or small, and its parameters once built."""
+        def size(name: str) -> str:
+            text = "published" if self._entries[name].published else "small"
+            return text + (f", {_sizes[name] / 1e6:.2f}M params" if name in _sizes else "")
+
+        return model_choices(self._entries, size)
 
     def _show_sizes(self) -> None:
         """Relabel the model list with the parameter counts learnt so far (the value stays)."""
@@ -217,58 +192,22 @@ class RunModelWidget(QWidget):
                 return name
         return MODEL_FILE
 
-    @staticmethod
-    def _devices() -> list[str]:
-        import torch
-
-        devices = ["auto", "cpu"]
-        if torch.cuda.is_available():
-            devices.append("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            devices.append("mps")
-        return devices
-
     # ------------------------------------------------------------------ reacting to the form
-    def _on_layers_changed(self, _event: Any = None) -> None:
-        for combo in (self.image, self.shapes):
-            combo.reset_choices()
-            layers = [c for c in combo.choices if c is not None]  # nullable combos list None first
-            if combo.value is None and layers:
-                combo.value = layers[0]
-
     def _on_camera(self, _event: Any = None) -> None:
         if self.scope.value == SCOPES[1]:
             self._schedule_estimate()
 
     def _on_input_changed(self, _value: Any = None) -> None:
-        self.model_file.visible = self.model.value == MODEL_FILE
         if self._output_auto:
-            self._set_output(self._auto_output())
+            self.set_auto_output(self._auto_output())
         self._settings_changed()
 
     def _settings_changed(self, _value: Any = None) -> None:
         self.shapes.visible = self.scope.value == SCOPES[2]
         self._schedule_estimate()
 
-    def _on_output_changed(self, _value: Any = None) -> None:
-        if not self._setting_output:
-            self._output_auto = False
+    def on_output_changed(self) -> None:
         self._show_resume()
-
-    def _set_output(self, path: Path | None) -> None:
-        if path is None:
-            return
-        self._setting_output = True
-        try:
-            self.output.value = path
-        finally:
-            self._setting_output = False
-        self._show_resume()
-
-    def _model_name(self) -> str:
-        if self.model.value == MODEL_FILE:
-            return Path(str(self.model_file.value)).stem or "model"
-        return str(self.model.value)
 
     def _auto_output(self) -> Path | None:
         """``<image>-<model>.zarr`` next to the image's file, else in the temporary folder; a finished store there is
@@ -278,7 +217,7 @@ class RunModelWidget(QWidget):
             return None
         source = _layers.layer_source(layer)
         folder = Path(source).parent if source else Path(tempfile.gettempdir()) / "napari-hires"
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{layer.name}-{self._model_name()}").strip("_")
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{layer.name}-{self.model_stem()}").strip("_")
         path, n = folder / f"{stem}.zarr", 2
         from napari_hires.engine.estimate import stored_progress
 
@@ -304,10 +243,7 @@ class RunModelWidget(QWidget):
         if layer is None:
             raise HiresError("no image layer: open an image (or File > Open Sample > napari-hires) and choose it")
         _layers.check_plane(layer)
-        if self.model.value == MODEL_FILE:
-            path = str(self.model_file.value)
-            if path in ("", ".") or not Path(path).exists():
-                raise HiresError(f"model file {path!r} does not exist: choose a NAME.safetensors with its NAME.json")
+        self.chosen_model()  # a missing model file says so
         region = self._region(layer)
         return dict(layer=layer, model=self.model.value, model_file=str(self.model_file.value), region=region,
                     tile=self.tile.value or None, overlap=self.overlap.value or None,
@@ -399,8 +335,6 @@ class RunModelWidget(QWidget):
     # ------------------------------------------------------------------ running
     def start(self) -> None:
         """Run (or resume) the model with the form's settings in a thread worker."""
-        from napari.qt.threading import create_worker
-
         from napari_hires.engine import CancelToken
 
         if self.worker is not None:
@@ -411,24 +345,17 @@ class RunModelWidget(QWidget):
             self.status.value = f"error: {err}"
             return
         if self._output_auto:
-            self._set_output(self._auto_output())
+            self.set_auto_output(self._auto_output())
         out = str(self.output.value)
         if out in ("", "."):
             self.status.value = "error: choose an output .zarr path"
             return
-        self.cancel_token = CancelToken()
         self._run_layer = settings["layer"]
         self.result, self._progress_state, self._dirty = None, None, False
-        self.worker = create_worker(
-            self._run_job, settings, out, self.overwrite.value, self.cancel_token, _start_thread=False,
-            _connect={"yielded": self._on_event, "returned": self._on_result, "errored": self._on_error,
-                      "finished": self._on_finished},
-        )
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self.status.value = "preparing..."
         self._refresh_timer.start()
-        self.worker.start()
+        token = CancelToken()  # Cancel stops between two tile batches; written blocks stay, so Run resumes
+        self.run_job(self._run_job, settings, out, self.overwrite.value, token, token=token, status="preparing...",
+                     yielded=self._on_event, returned=self._on_result, errored=self._on_error)
 
     def _run_job(self, settings: dict, out: str, overwrite: bool, cancel: Any) -> Generator[tuple, None, Any]:
         net = self.load_model(settings["model"], settings["model_file"])
@@ -438,12 +365,6 @@ class RunModelWidget(QWidget):
             batch=settings["batch"], device=settings["device"], precision=settings["precision"],
             overwrite=overwrite, cancel=cancel,
         ))
-
-    def cancel(self) -> None:
-        """Stop the run between two tile batches; blocks already written stay, so Run resumes from there."""
-        if self.cancel_token is not None:
-            self.cancel_token.cancel()
-            self.status.value = "cancelling..."
 
     def _on_event(self, event: tuple) -> None:
         kind = event[0]
@@ -516,13 +437,10 @@ class RunModelWidget(QWidget):
         """User errors (bad settings, an output in the way) go to the status line; anything else is a bug."""
         report_error(self.status, err, (*USER_ERRORS, ValueError))
 
-    def _on_finished(self) -> None:
-        self.worker = None
+    def on_job_finished(self) -> None:
         self._refresh_timer.stop()
         self._dirty = True
         self._refresh()
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
         self._show_resume()
         if self._estimate_again:
             self._schedule_estimate()

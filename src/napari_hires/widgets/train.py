@@ -23,7 +23,6 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     Label,
     ProgressBar,
@@ -32,18 +31,18 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.widgets import _layers
-from napari_hires.widgets._status import USER_ERRORS, report_error
+from napari_hires.widgets._base import DockWidget, model_choices
+from napari_hires.widgets._status import USER_ERRORS, message_rows, report_error
 
 MODES = ("fine-tune segmentation", "self-supervised restoration (no labels needed)")
 REGIONS = ("visible region", "Shapes rectangle", "extent of the labels layer (editing window)")
 #: What 0 means in the labels: decided from them (as the API's ``zero_is_unlabelled=None``), or chosen.
 ZERO_CHOICES = [("decide (refuse scribbles)", "auto"), ("0 means unlabelled (scribbles)", True),
                 ("0 is a class", False)]
-MODEL_FILE = "model file..."
 NEW_DENOISER = "new small MAXIM"
 
 
@@ -181,12 +180,13 @@ def train_steps(request: TrainRequest) -> Generator[Any, None, Any]:
     return done[0]
 
 
-def predict_region(image: Any, model: Any, out: str, region: _layers.Region, device: str) -> str:
-    """Run ``model`` over ``region`` of ``image`` into a new store ``out`` (off the UI thread); returns ``out``."""
+def predict_region(image: Any, model: Any, out: str, region: _layers.Region, device: str, cancel: Any = None) -> Any:
+    """Run ``model`` over ``region`` of ``image`` into a new store ``out`` (off the UI thread) until ``cancel``;
+    returns the PredictionResult."""
     from napari_hires.engine import predict
 
-    predict(image, model, out, region=region, device=device, batch=4 if device != "cpu" else 2)
-    return out
+    return predict(image, model, out, region=region, device=device, batch=4 if device != "cpu" else 2,
+                   cancel=cancel)
 
 
 def free_path(folder: Path, stem: str, suffix: str, taken: Any) -> Path:
@@ -204,38 +204,36 @@ def _model_file_taken(path: Path) -> bool:
     return any(p.exists() for p in _paths(path))
 
 
-class TrainWidget(QWidget):
+class TrainWidget(DockWidget):
     """Choose image, labels, region, model and budget; Train with a live loss curve; Cancel; Predict again."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
+        super().__init__(napari_viewer)
         from napari.layers import Image, Labels, Shapes
 
         from napari_hires.models import list_models
 
-        self.viewer = napari_viewer
-        self._types = {"image": Image, "labels": Labels, "shapes": Shapes}
         self._names = {task: list_models(task=task, aliases=False) for task in ("segmentation", "restoration")}
         self.mode = ComboBox(label="mode", choices=list(MODES), value=MODES[0])
-        self.image = ComboBox(label="image", choices=self._layers_of("image"), nullable=True)
-        self.labels = ComboBox(label="labels", choices=self._layers_of("labels"), nullable=True,
-                               tooltip="corrected labels: a prediction store, an editing window or any Labels layer")
+        self.image = self.layer_choice("image", Image, nullable=True)
+        self.labels = self.layer_choice("labels", Labels, nullable=True,
+                                        tooltip="corrected labels: a prediction store, an editing window or any "
+                                                "Labels layer")
         self.zero_unlabelled = ComboBox(label="0 in the labels", choices=ZERO_CHOICES, value="auto",
                                         tooltip="0 means unlabelled: label v is class v-1 and 0 is not trained on; "
                                                 "decided from the labels, scribble-like ones are refused")
         self.region = ComboBox(label="region", choices=list(REGIONS), value=REGIONS[0])
-        self.shapes = ComboBox(label="rectangle", choices=self._layers_of("shapes"), nullable=True, visible=False,
-                               tooltip="the selected (else the first) shape of this Shapes layer")
-        self.model = ComboBox(label="model", choices=self._model_choices())
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.json", visible=False)
+        self.shapes = self.layer_choice("rectangle", Shapes, nullable=True, visible=False,
+                                        tooltip="the selected (else the first) shape of this Shapes layer")
+        self.model_section(self._model_choices())
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
         self.lr.native.setDecimals(6)
         self.batch = SpinBox(label="batch", min=1, max=256, value=4)
         self.tile = SpinBox(label="tile", min=16, max=2048, step=16, value=128)
-        self.device = ComboBox(label="device", choices=self._devices(), value="auto")
-        self.output = FileEdit(label="save model to", mode="w", filter="*.safetensors",
-                               tooltip="NAME.safetensors with its NAME.json card, written when training finishes")
+        self.device = self.device_choice()
+        self.output_choice("save model to", "*.safetensors",
+                           "NAME.safetensors with its NAME.json card, written when training finishes")
         self.overwrite = CheckBox(label="overwrite", value=False)
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -243,79 +241,46 @@ class TrainWidget(QWidget):
                                          tooltip="run the trained model over the chosen region into a new store")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="status", value="")
-        self.status.native.setWordWrap(True)
         self.curve = LossCurve()
         self._form = Container(widgets=[
             self.mode, self.image, self.labels, self.zero_unlabelled, self.region, self.shapes, self.model,
             self.model_file, self.steps, self.lr, self.batch, self.tile, self.device, self.output, self.overwrite,
             Container(widgets=[self.train_button, self.cancel_button, self.predict_button], layout="horizontal",
                       labels=False),
-            self.progress, self.status,
+            self.progress,
         ])
-        layout = QVBoxLayout(self)
-        layout.addWidget(self._form.native)
-        layout.addWidget(self.curve)
-        layout.addStretch()
+        self.set_content(self._form, message_rows(self.status), self.curve)
+        self.job_buttons(self.train_button, self.cancel_button)
 
-        self.worker: Any = None
-        self.cancel_token: Any = None
         self.job: Any = None  # the last finished TrainingJob
         self._trained_on: Any = None  # the image layer the job was trained on
         self.result_layers: list[Any] = []
-        self._output_auto = True
-        self._setting_output = False
 
         self.mode.changed.connect(self._on_mode)
         self.region.changed.connect(self._on_region)
         self.model.changed.connect(self._on_model)
         self.image.changed.connect(self._auto_output)
-        self.output.changed.connect(self._on_output_changed)
         self.train_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(self.cancel)
         self.predict_button.changed.connect(self.predict_again)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._on_layers_changed)
-        self._on_layers_changed()
         self._on_mode()
 
     # ------------------------------------------------------------------ choices
-    def _layers_of(self, kind: str) -> Any:
-        def choices(_widget: Any = None) -> list[Any]:
-            return [layer for layer in self.viewer.layers if isinstance(layer, self._types[kind])]
-
-        return choices
-
     def _self_supervised(self) -> bool:
         return self.mode.value == MODES[1]
 
-    def _model_choices(self) -> list[str]:
+    def _model_choices(self) -> list[tuple[str, str]]:
+        """Trained models first (what they were trained on), untrained ones marked; a new denoiser first when
+        self-supervised."""
         if self._self_supervised():
-            return [NEW_DENOISER, *self._names["restoration"], MODEL_FILE]
-        names = self._names["segmentation"]
-        from napari_hires.models import model_entry
-
-        shipped = [n for n in names if model_entry(n).trained]  # trained weights first
-        return [*shipped, *[n for n in names if n not in shipped], MODEL_FILE]
-
-    @staticmethod
-    def _devices() -> list[str]:
-        import torch
-
-        return ["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else [])]
-
-    def _on_layers_changed(self, _event: Any = None) -> None:
-        for combo in (self.image, self.labels, self.shapes):
-            combo.reset_choices()
-            layers = [c for c in combo.choices if c is not None]
-            if combo.value is None and layers:
-                combo.value = layers[0]
+            return [(NEW_DENOISER, NEW_DENOISER), *model_choices(self._names["restoration"])]
+        return model_choices(self._names["segmentation"])
 
     def _on_mode(self, _value: Any = None) -> None:
         ss = self._self_supervised()
         self.labels.visible = self.zero_unlabelled.visible = not ss
         choices = self._model_choices()
         self.model.choices = choices
-        self.model.value = choices[0]  # magicgui keeps a shared choice (model file...) selected and first
+        self.model.value = choices[0][1]  # magicgui keeps a shared choice (model file...) selected and first
         self._on_region()
         self._on_model()
 
@@ -323,12 +288,7 @@ class TrainWidget(QWidget):
         self.shapes.visible = self.region.value == REGIONS[1]
 
     def _on_model(self, _value: Any = None) -> None:
-        self.model_file.visible = self.model.value == MODEL_FILE
         self._auto_output()
-
-    def _on_output_changed(self, _value: Any = None) -> None:
-        if not self._setting_output:
-            self._output_auto = False
 
     def _auto_output(self, _value: Any = None) -> None:
         """``<image>-<model>-tuned`` in the image's folder, else a temporary one; the next free name."""
@@ -337,15 +297,9 @@ class TrainWidget(QWidget):
             return
         source = _layers.layer_source(layer)
         folder = Path(source).parent if source else Path(tempfile.gettempdir()) / "napari-hires" / "models"
-        base = "denoiser" if self.model.value == NEW_DENOISER else (
-            Path(str(self.model_file.value)).stem if self.model.value == MODEL_FILE else self.model.value)
+        base = "denoiser" if self.model.value == NEW_DENOISER else self.model_stem()
         suffix = "denoised" if self._self_supervised() else "tuned"
-        path = free_path(folder, f"{layer.name}-{base}-{suffix}", ".safetensors", _model_file_taken)
-        self._setting_output = True
-        try:
-            self.output.value = path
-        finally:
-            self._setting_output = False
+        self.set_auto_output(free_path(folder, f"{layer.name}-{base}-{suffix}", ".safetensors", _model_file_taken))
 
     # ------------------------------------------------------------------ the form
     def chosen_region(self, image: Any, labels: Any = None) -> _layers.Region:
@@ -373,14 +327,7 @@ class TrainWidget(QWidget):
         return region
 
     def _model_choice(self) -> Any:
-        if self.model.value == NEW_DENOISER:
-            return None
-        if self.model.value == MODEL_FILE:
-            path = str(self.model_file.value)
-            if path in ("", ".") or not Path(path).exists():
-                raise HiresError(f"model file {path!r} does not exist: choose a NAME.safetensors with its NAME.json")
-            return path
-        return self.model.value
+        return None if self.model.value == NEW_DENOISER else self.chosen_model()
 
     def request(self) -> TrainRequest:
         """The form's values, checked; raises HiresError saying what to fix."""
@@ -413,8 +360,6 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------ training
     def start(self) -> None:
         """Train with the form's settings in a generator worker that yields each step."""
-        from napari.qt.threading import create_worker
-
         from napari_hires.engine import CancelToken
 
         if self.worker is not None:
@@ -424,25 +369,12 @@ class TrainWidget(QWidget):
         except HiresError as err:
             self.status.value = f"error: {err}"
             return
-        self.cancel_token = CancelToken()
-        request.cancel = self.cancel_token
+        request.cancel = CancelToken()  # Cancel stops between two steps; no model file is written
         self.job, self._trained_on = None, self.image.value
         self.curve.clear()
         self.progress.max, self.progress.value = request.settings.steps, 0
-        self.worker = create_worker(
-            train_steps, request, _start_thread=False,
-            _connect={"yielded": self._on_step, "returned": self._on_trained, "errored": self._on_error,
-                      "finished": self._on_finished},
-        )
-        self._set_running(True)
-        self.status.value = "reading the region..."
-        self.worker.start()
-
-    def cancel(self) -> None:
-        """Stop between two steps; no model file is written."""
-        if self.cancel_token is not None and self.worker is not None:
-            self.cancel_token.cancel()
-            self.status.value = "cancelling..."
+        self.run_job(train_steps, request, token=request.cancel, status="reading the region...",
+                     yielded=self._on_step, returned=self._on_trained, errored=self._on_error)
 
     def _on_step(self, step: Any) -> None:
         self.curve.add_point(step.loss)
@@ -466,22 +398,17 @@ class TrainWidget(QWidget):
     def _on_error(self, err: Exception) -> None:
         report_error(self.status, err, (*USER_ERRORS, ValueError))
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._set_running(False)
+    def on_job_finished(self) -> None:
         if self.job is not None:
             self._auto_output()  # the next run must not meet this file
 
     def _set_running(self, running: bool) -> None:
-        self.train_button.enabled = not running
-        self.cancel_button.enabled = running
+        super()._set_running(running)
         self.predict_button.enabled = not running and self.job is not None
 
     # ------------------------------------------------------------------ predict again
     def predict_again(self) -> None:
         """Run the trained model over the chosen region of the image it was trained on into a new store."""
-        from napari.qt.threading import create_worker
-
         if self.job is None or self.worker is not None:
             return
         layer = self._trained_on
@@ -495,18 +422,20 @@ class TrainWidget(QWidget):
             return
         path = Path(self.job.path)
         out = free_path(path.parent, f"{path.stem}-prediction", ".zarr", Path.exists)
-        self.worker = create_worker(
-            lambda: predict_region(_layers.engine_input(layer), self.job.model, str(out), region,
-                                   self.device.value), _start_thread=False,
-            _connect={"returned": self._on_predicted, "errored": self._on_error, "finished": self._on_finished},
-        )
-        self.train_button.enabled = self.predict_button.enabled = False
-        self.status.value = f"predicting {region} with the trained model into {out}..."
-        self.worker.start()
+        from napari_hires.engine import CancelToken
 
-    def _on_predicted(self, out: str) -> None:
+        token, model, device = CancelToken(), self.job.model, self.device.value
+        self.run_job(lambda: predict_region(_layers.engine_input(layer), model, str(out), region, device, token),
+                     token=token, status=f"predicting {region} with the trained model into {out}...",
+                     returned=self._on_predicted, errored=self._on_error)
+
+    def _on_predicted(self, result: Any) -> None:
         from napari_hires.io.readers import open_image
 
+        out = result.path
+        if result.cancelled:
+            self.status.value = f"cancelled: {out} holds part of the prediction"
+            return
         layer = self._trained_on
         self.result_layers = []
         for data, meta, kind in open_image(out).layer_data():
