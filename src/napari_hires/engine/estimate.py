@@ -126,7 +126,8 @@ def _heatmap_spans(lo: int, hi: int, out_size: int, stride: int, block: int) -> 
 
 
 def measure_tile(model: Any, *, tile: int, device: str = "auto", precision: str = "auto") -> tuple[float, int]:
-    """Seconds per tile and activation bytes per tile of ``model`` on ``device``, timed on one random tile (cached)."""
+    """Seconds per tile and activation bytes per tile of ``model`` on ``device``: a warm call on one random tile, after
+    an untimed first one (cached per model, device, precision and tile)."""
     import torch
 
     from napari_hires.engine.runner import TileRunner
@@ -146,18 +147,15 @@ def measure_tile(model: Any, *, tile: int, device: str = "auto", precision: str 
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
     try:
-        start = time.perf_counter()
-        runner.run_batch(pixels)
-        seconds = time.perf_counter() - start
+        runner.run_batch(pixels)  # the first call pays one-off costs (kernels, allocator, caches): not timed
     finally:
         for hook in hooks:
             hook.remove()
-    if seconds < 1.0:  # the first call pays one-off costs (kernels, allocator): time a second one
-        _sync(runner.device)
-        start = time.perf_counter()
-        runner.run_batch(pixels)
-        _sync(runner.device)
-        seconds = time.perf_counter() - start
+    _sync(runner.device)
+    start = time.perf_counter()
+    runner.run_batch(pixels)
+    _sync(runner.device)
+    seconds = time.perf_counter() - start
     result = (seconds, ACTIVATION_FACTOR * largest[0])
     with _speed_lock:
         _speed_cache[key] = result
