@@ -60,3 +60,31 @@ def test_estimate_times_the_model_warm_not_its_slow_first_call(make_napari_viewe
         hook.remove()
     assert calls, "the estimate did not time the model"
     assert estimate_seconds(widget.estimate.value) < 1.0, widget.estimate.value  # warm: ~0.1 s
+
+
+def test_status_shows_the_live_rate_once_blocks_land(make_napari_viewer, qtbot, tmp_path):
+    """While a run of two blocks goes, the status gives the rate measured so far (Mpx/s) and the time left."""
+    viewer = make_napari_viewer()
+    widget = small_widget(viewer)
+    widget.image.value = viewer.add_image(np.random.default_rng(1).integers(0, 255, (130, 2048, 3), np.uint8),
+                                          rgb=True, name="two blocks")
+    widget.output.value = tmp_path / "rate.zarr"
+    widget.batch.value = 4
+    settle(qtbot, widget)
+    # A tenth of a second per batch, so that blocks land over a few timer ticks on any machine.
+    hook = widget.load_model(MODEL, "").register_forward_pre_hook(lambda *_: time.sleep(0.1))
+    seen: list[str] = []
+
+    def live_or_over() -> bool:
+        seen.append(widget.status.value)
+        return bool(re.match(r"1/2 blocks · [\d.]+ Mpx/s · ~[\d.]+ (s|min)", seen[-1])) or widget.worker is None
+
+    try:
+        widget.run_button.native.click()
+        qtbot.waitUntil(live_or_over, timeout=WAIT_MS)
+        assert re.match(r"1/2 blocks · [\d.]+ Mpx/s · ~[\d.]+ (s|min) left", seen[-1]), sorted(set(seen))
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    finally:
+        hook.remove()
+    assert widget.result is not None and widget.result.blocks_total == 2, widget.status.value
+    settle(qtbot, widget)
