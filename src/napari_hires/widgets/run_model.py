@@ -145,6 +145,7 @@ class RunModelWidget(DockWidget):
         self._progress_state: tuple[int, int] | None = None
         self._run_started = 0.0
         self._done_at_start = 0
+        self._pixels_written = 0  # output pixels of the blocks this run wrote, for the live rate
         self._dirty = False
 
         self._estimate_timer = QTimer(self)
@@ -372,6 +373,8 @@ class RunModelWidget(DockWidget):
             self._add_layers(event[1])
         elif kind == "block":
             self._progress_state = (event[1], event[2])
+            box = event[3]
+            self._pixels_written += (box.y1 - box.y0) * (box.x1 - box.x0)
             self._dirty = True
         elif kind == "finishing":
             self.status.value = "writing the coarser levels and metadata..."
@@ -391,7 +394,7 @@ class RunModelWidget(DockWidget):
             added = getattr(self.viewer, f"add_{kind}")(data, **meta)
             self.result_layers.extend(added if isinstance(added, list) else [added])
         total = len(plan.todo) + plan.skipped
-        self._done_at_start = plan.skipped
+        self._done_at_start, self._pixels_written = plan.skipped, 0
         self._run_started = time.perf_counter()
         self._progress_state = (plan.skipped, total)
         self._blocks_in_scope = total
@@ -413,10 +416,12 @@ class RunModelWidget(DockWidget):
             return  # the run's own last words ("writing the coarser levels", "done: ...") stay
         written = done - self._done_at_start
         if written > 0:
-            left = (time.perf_counter() - self._run_started) / written * (total - done)
+            elapsed = time.perf_counter() - self._run_started
+            left = elapsed / written * (total - done)
             from napari_hires.engine.estimate import format_seconds
 
-            self.status.value = f"{done}/{total} blocks · ~{format_seconds(left)} left"
+            rate = self._pixels_written / max(elapsed, 1e-9) / 1e6
+            self.status.value = f"{done}/{total} blocks · {rate:.2f} Mpx/s · ~{format_seconds(left)} left"
         else:
             self.status.value = f"{done}/{total} blocks"
 
