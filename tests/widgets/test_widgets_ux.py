@@ -88,3 +88,57 @@ def test_status_shows_the_live_rate_once_blocks_land(make_napari_viewer, qtbot, 
         hook.remove()
     assert widget.result is not None and widget.result.blocks_total == 2, widget.status.value
     settle(qtbot, widget)
+
+
+def run_and_wait(qtbot, widget) -> None:
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+def finished_run(make_napari_viewer, qtbot, tmp_path) -> tuple[object, RunModelWidget]:
+    """A viewer and a Run model form whose output already holds a finished prediction."""
+    viewer = make_napari_viewer()
+    widget = small_widget(viewer)
+    widget.output.value = tmp_path / "small.zarr"
+    settle(qtbot, widget)
+    run_and_wait(qtbot, widget)
+    assert widget.status.value.startswith("done"), widget.status.value
+    return viewer, widget
+
+
+def result_layers(viewer) -> list:
+    return [ly for ly in viewer.layers if ly.metadata.get("source")]
+
+
+def test_running_again_on_a_finished_output_asks_first(make_napari_viewer, qtbot, tmp_path):
+    """Run on an output that holds a finished prediction writes nothing new: it asks to reuse, overwrite or write a
+    new store (no silent "-2" store)."""
+    viewer, widget = finished_run(make_napari_viewer, qtbot, tmp_path)
+    out = str(widget.output.value)
+    folder = sorted(p.name for p in widget.output.value.parent.iterdir())
+    widget.run_button.native.click()
+    assert widget.worker is None and str(widget.output.value) == out
+    assert widget.finished.visible and "finished" in widget.status.value
+    assert sorted(p.name for p in widget.output.value.parent.iterdir()) == folder
+    settle(qtbot, widget)
+
+
+@pytest.mark.parametrize("answer", ["reuse", "overwrite", "new"])
+def test_each_answer_ends_with_one_layer_per_store(make_napari_viewer, qtbot, tmp_path, answer):
+    """Reuse shows the finished store, overwrite writes it again, new writes the next free name; each leaves one
+    layer per store, the earlier run's layer replaced rather than stacked."""
+    viewer, widget = finished_run(make_napari_viewer, qtbot, tmp_path)
+    out = str(widget.output.value)
+    widget.run_button.native.click()
+    getattr(widget, f"{answer}_button").native.click()
+    qtbot.waitUntil(lambda: widget.worker is None and not widget.finished.visible, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("done"), timeout=WAIT_MS)
+    sources = [ly.metadata["source"] for ly in result_layers(viewer)]
+    assert sorted(set(sources)) == sorted(sources), sources  # no store shown twice
+    if answer == "new":
+        assert str(widget.output.value) != out and sources == [out, str(widget.output.value)]
+        assert widget.result.blocks_done == widget.result.blocks_total
+    else:
+        assert str(widget.output.value) == out and sources == [out]
+        assert widget.result.blocks_done == (widget.result.blocks_total if answer == "overwrite" else 0)
+    settle(qtbot, widget)
