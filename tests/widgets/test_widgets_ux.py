@@ -97,7 +97,7 @@ def run_and_wait(qtbot, widget) -> None:
 
 def finished_run(make_napari_viewer, qtbot, tmp_path) -> tuple[object, RunModelWidget]:
     """A viewer and a Run model form whose output already holds a finished prediction."""
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
     widget = small_widget(viewer)
     widget.output.value = tmp_path / "small.zarr"
     settle(qtbot, widget)

@@ -41,6 +41,15 @@ def chosen_path(value: Any) -> Path | None:
     return Path(text) if text and text != "." else None
 
 
+def free_path(folder: Path, stem: str, suffix: str, taken: Any) -> Path:
+    """``folder/stem{suffix}``, or ``stem-2``, ``stem-3``... when ``taken(path)`` says it is used."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_") or "model"
+    path, n = folder / f"{stem}{suffix}", 2
+    while taken(path):
+        path, n = folder / f"{stem}-{n}{suffix}", n + 1
+    return path
+
+
 def trained_on(name: str) -> str | None:
     """What the registered model ``name`` was trained on, in a few words; None for an untrained architecture."""
     from napari_hires.models import model_entry

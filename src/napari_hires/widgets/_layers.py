@@ -148,8 +148,8 @@ def prediction_layers(spec: Any, path: str, *, scale: tuple[float, float], trans
     )
     out = []
     for _data, meta, kind in placed.layer_data():
-        meta.update(cache=False, multiscale=True)
+        meta.update(cache=False, multiscale=len(levels) > 1)  # napari reads a list of one array as 1-d data
         if kind == "image" and not placed.rgb and contrast_limits is not None:
             meta["contrast_limits"] = list(contrast_limits)
-        out.append((levels, meta, kind))
+        out.append((levels if len(levels) > 1 else levels[0], meta, kind))
     return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import tempfile
 import threading
 import time
@@ -23,7 +22,7 @@ from qtpy.QtCore import QTimer
 
 from napari_hires.errors import HiresError
 from napari_hires.widgets import _layers
-from napari_hires.widgets._base import MODEL_FILE, DockWidget, model_choices
+from napari_hires.widgets._base import MODEL_FILE, DockWidget, free_path, model_choices
 from napari_hires.widgets._status import USER_ERRORS, message_rows, report_error
 
 SCOPES = ("whole image", "visible region", "Shapes rectangle")
@@ -130,8 +129,13 @@ class RunModelWidget(DockWidget):
         ])
         self._run_row = Container(widgets=[self.run_button, self.cancel_button, self.progress], layout="horizontal",
                                   labels=False)
+        self.reuse_button = PushButton(text="Reuse", tooltip="show the finished prediction; nothing is recomputed")
+        self.overwrite_button = PushButton(text="Overwrite", tooltip="write the prediction into this store again")
+        self.new_button = PushButton(text="New store", tooltip="write into the next free name beside this store")
+        self.finished = Container(widgets=[self.reuse_button, self.overwrite_button, self.new_button],
+                                  layout="horizontal", labels=False, visible=False)
         self.set_content(self._form, message_rows(self.auto, self.estimate, self.resume), self._run_row,
-                         message_rows(self.status))
+                         self.finished, message_rows(self.status))
         self.job_buttons(self.run_button, self.cancel_button)
 
         self._models: dict[str, Any] = {}
@@ -160,7 +164,10 @@ class RunModelWidget(DockWidget):
             w.changed.connect(self._on_input_changed)
         for w in (self.scope, self.shapes, self.device, self.precision, self.tile, self.overlap, self.batch):
             w.changed.connect(self._settings_changed)
-        self.run_button.changed.connect(self.start)
+        self.run_button.changed.connect(lambda: self.start())
+        for answer, button in (("reuse", self.reuse_button), ("overwrite", self.overwrite_button),
+                               ("new", self.new_button)):
+            button.changed.connect(lambda _v=None, answer=answer: self.start(answer))
         camera = _layers.camera(self.viewer)
         camera.events.center.connect(self._on_camera)
         camera.events.zoom.connect(self._on_camera)
@@ -211,20 +218,17 @@ class RunModelWidget(DockWidget):
         self._show_resume()
 
     def _auto_output(self) -> Path | None:
-        """``<image>-<model>.zarr`` next to the image's file, else in the temporary folder; a finished store there is
-        kept, and the next free name taken."""
+        """``<image>-<model>.zarr`` next to the image's file, else in the temporary folder (the next free name where
+        something that is not a store of ours is in the way; Run asks before reusing a finished one)."""
+        from napari_hires.io.build_state import store_marker
+
         layer = self.image.value
         if layer is None:
             return None
         source = _layers.layer_source(layer)
         folder = Path(source).parent if source else Path(tempfile.gettempdir()) / "napari-hires"
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{layer.name}-{self.model_stem()}").strip("_")
-        path, n = folder / f"{stem}.zarr", 2
-        from napari_hires.engine.estimate import stored_progress
-
-        while path.exists() and stored_progress(path) is None:
-            path, n = folder / f"{stem}-{n}.zarr", n + 1
-        return path
+        return free_path(folder, f"{layer.name}-{self.model_stem()}", ".zarr",
+                         lambda path: path.exists() and store_marker(path) is None)
 
     def _show_resume(self) -> None:
         from napari_hires.engine.estimate import stored_progress
@@ -334,12 +338,15 @@ class RunModelWidget(DockWidget):
             self._schedule_estimate()
 
     # ------------------------------------------------------------------ running
-    def start(self) -> None:
-        """Run (or resume) the model with the form's settings in a thread worker."""
+    def start(self, answer: str | None = None) -> None:
+        """Run (or resume) the model with the form's settings in a thread worker; on an output holding a finished
+        prediction, first ask whether to reuse it, overwrite it or write a new store (``answer``)."""
         from napari_hires.engine import CancelToken
+        from napari_hires.io.build_state import store_marker
 
         if self.worker is not None:
             return
+        self.finished.visible = False
         try:
             settings = self._settings()
         except HiresError as err:
@@ -351,11 +358,21 @@ class RunModelWidget(DockWidget):
         if out in ("", "."):
             self.status.value = "error: choose an output .zarr path"
             return
+        marker = store_marker(out)
+        if answer is None and not self.overwrite.value and marker and marker[0].get("state") == "complete":
+            self.finished.visible = True
+            self.status.value = (f"{Path(out).name} holds a finished prediction: Reuse shows it, Overwrite writes it "
+                                 "again, New store writes beside it")
+            return
+        if answer == "new":
+            out = str(free_path(Path(out).parent, Path(out).stem, ".zarr", Path.exists))
+            self.set_auto_output(Path(out))
         self._run_layer = settings["layer"]
         self.result, self._progress_state, self._dirty = None, None, False
         self._refresh_timer.start()
         token = CancelToken()  # Cancel stops between two tile batches; written blocks stay, so Run resumes
-        self.run_job(self._run_job, settings, out, self.overwrite.value, token, token=token, status="preparing...",
+        overwrite = self.overwrite.value or answer == "overwrite"
+        self.run_job(self._run_job, settings, out, overwrite, token, token=token, status="preparing...",
                      yielded=self._on_event, returned=self._on_result, errored=self._on_error)
 
     def _run_job(self, settings: dict, out: str, overwrite: bool, cancel: Any) -> Generator[tuple, None, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import queue
-import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.widgets import _layers
-from napari_hires.widgets._base import DockWidget, model_choices
+from napari_hires.widgets._base import DockWidget, free_path, model_choices
 from napari_hires.widgets._status import USER_ERRORS, message_rows, report_error
 
 MODES = ("fine-tune segmentation", "self-supervised restoration (no labels needed)")
@@ -187,15 +186,6 @@ def predict_region(image: Any, model: Any, out: str, region: _layers.Region, dev
 
     return predict(image, model, out, region=region, device=device, batch=4 if device != "cpu" else 2,
                    cancel=cancel)
-
-
-def free_path(folder: Path, stem: str, suffix: str, taken: Any) -> Path:
-    """``folder/stem{suffix}``, or ``stem-2``, ``stem-3``... when ``taken(path)`` says it is used."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_") or "model"
-    path, n = folder / f"{stem}{suffix}", 2
-    while taken(path):
-        path, n = folder / f"{stem}-{n}{suffix}", n + 1
-    return path
 
 
 def _model_file_taken(path: Path) -> bool:
