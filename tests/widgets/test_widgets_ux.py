@@ -142,3 +142,40 @@ def test_each_answer_ends_with_one_layer_per_store(make_napari_viewer, qtbot, tm
         assert str(widget.output.value) == out and sources == [out]
         assert widget.result.blocks_done == (widget.result.blocks_total if answer == "overwrite" else 0)
     settle(qtbot, widget)
+
+
+LONG = ("resumable: 3 of 12 blocks done (Run resumes with the same settings) · tile 512, overlap 64, batch 2 · "
+        "segmentation, 0.41M params · a long line that must wrap onto further lines, never be cut to half a line")
+
+
+def shows_whole_lines(label) -> bool:
+    """The label wraps and is as tall as its text needs at its width (more than one line for LONG)."""
+    native = label.native
+    line = native.fontMetrics().lineSpacing()
+    need = native.heightForWidth(native.width())
+    return native.wordWrap() and native.isVisible() and need > 1.5 * line and native.height() >= need
+
+
+@pytest.mark.parametrize("widget_name, labels", [
+    ("run_model", ("auto", "estimate", "resume", "status")),
+    ("preview", ("status",)),
+    ("train", ("status",)),
+])
+def test_status_lines_wrap_to_whole_lines(make_napari_viewer, qtbot, widget_name, labels):
+    """Long "auto", "resume" and status messages wrap onto as many whole lines as they need in a docked widget."""
+    from napari_hires.widgets.preview import RestorationPreviewWidget
+    from napari_hires.widgets.train import TrainWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="grey")
+    widget = {"run_model": RunModelWidget, "preview": RestorationPreviewWidget, "train": TrainWidget}[widget_name](
+        viewer)
+    dock = viewer.window.add_dock_widget(widget, area="right")
+    qtbot.waitUntil(widget.isVisible, timeout=10_000)
+    for name in labels:
+        getattr(widget, name).value = LONG  # after the dock was laid out, as messages come
+    dock.setFixedWidth(320)  # a narrow dock: the most lines
+    for name in labels:
+        qtbot.waitUntil(lambda name=name: shows_whole_lines(getattr(widget, name)), timeout=10_000)
+    if widget_name == "run_model":
+        settle(qtbot, widget)
