@@ -179,3 +179,20 @@ def test_status_lines_wrap_to_whole_lines(make_napari_viewer, qtbot, widget_name
         qtbot.waitUntil(lambda name=name: shows_whole_lines(getattr(widget, name)), timeout=10_000)
     if widget_name == "run_model":
         settle(qtbot, widget)
+
+
+def test_four_docked_widgets_fit_a_1000_px_screen(make_napari_viewer, qtbot):
+    """Run model, Fine-tune, Restoration preview and Build pyramid docked together need less than a 1000-px
+    screen's height: each form scrolls inside its dock instead of growing the window."""
+    from napari_hires.widgets.preview import RestorationPreviewWidget
+    from napari_hires.widgets.pyramid import PyramidBuilderWidget
+    from napari_hires.widgets.train import TrainWidget
+
+    viewer = make_napari_viewer(show=True)
+    widgets = [RunModelWidget(viewer), TrainWidget(viewer), RestorationPreviewWidget(viewer),
+               PyramidBuilderWidget(viewer)]
+    docks = [viewer.window.add_dock_widget(w, area="right") for w in widgets]
+    qtbot.waitUntil(lambda: all(w.isVisible() for w in widgets), timeout=10_000)
+    needed = sum(dock.minimumSizeHint().height() for dock in docks)
+    assert needed < 1000 - 100, f"the four docks need {needed} px"  # the menu bar, title and status bars
+    settle(qtbot, widgets[0])
