@@ -196,3 +196,49 @@ def test_four_docked_widgets_fit_a_1000_px_screen(make_napari_viewer, qtbot):
     needed = sum(dock.minimumSizeHint().height() for dock in docks)
     assert needed < 1000 - 100, f"the four docks need {needed} px"  # the menu bar, title and status bars
     settle(qtbot, widgets[0])
+
+
+def open_tiff(viewer, path, shape) -> object:
+    """A grey TIFF of ``shape`` on disk, opened in the viewer as a user would (File > Open)."""
+    import tifffile
+
+    tifffile.imwrite(path, (np.arange(shape[0] * shape[1]) % 251).astype(np.uint8).reshape(shape))
+    (layer,) = viewer.open(str(path), plugin="napari-hires")
+    return layer
+
+
+def test_build_pyramid_offers_the_open_image_and_opens_its_result(make_napari_viewer, qtbot, tmp_path):
+    """With an image open from a file, Build pyramid proposes that file and a .zarr beside it, and opens what it
+    built."""
+    from napari_hires.widgets.pyramid import PyramidBuilderWidget
+
+    viewer = make_napari_viewer()
+    open_tiff(viewer, tmp_path / "scan.tif", (600, 700))
+    widget = PyramidBuilderWidget(viewer)
+    assert str(widget.source.value) == str(tmp_path / "scan.tif")
+    assert str(widget.output.value) == str(tmp_path / "scan.zarr")
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith("wrote"), widget.status.value
+    opened = [ly for ly in viewer.layers if ly.metadata.get("source") == str(tmp_path / "scan.zarr")]
+    assert len(opened) == 1 and opened[0].multiscale
+
+
+def test_build_pyramid_shows_the_time_left(make_napari_viewer, qtbot, tmp_path):
+    """While it builds, the status says how far it is and about how long is left."""
+    from napari_hires.widgets.pyramid import PyramidBuilderWidget
+
+    viewer = make_napari_viewer()
+    open_tiff(viewer, tmp_path / "big.tif", (8192, 4096))
+    widget = PyramidBuilderWidget(viewer)
+    widget.chunk.value = 256
+    seen: list[str] = []
+
+    def left_or_over() -> bool:
+        seen.append(widget.status.value)
+        return " left" in seen[-1] or widget.worker is None
+
+    widget.run_button.native.click()
+    qtbot.waitUntil(left_or_over, timeout=WAIT_MS)
+    assert re.search(r"\d+/\d+ · ~[\d.]+ (s|min)( \d+ s)? left", seen[-1]), sorted(set(seen))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
