@@ -6,6 +6,7 @@ a job in a napari worker with progress and cancel.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -89,6 +90,7 @@ class DockWidget(QWidget):
         self._output_auto = True
         self._done_total = (0, 1)
         self._progress_bar: Any = None
+        self._job_status, self._job_started = "", 0.0
         self._progress_timer = QTimer(self)
         self._progress_timer.setInterval(PROGRESS_MS)
         self._progress_timer.timeout.connect(self.show_progress)
@@ -210,16 +212,27 @@ class DockWidget(QWidget):
         from napari_hires.engine import CancelToken
 
         self.cancel_token = token if token is not None else CancelToken()
-        connect = {"returned": returned, "errored": errored or self.on_error, "finished": self._job_finished}
+        connect = {"returned": self._after_progress(returned), "errored": self._after_progress(errored or self.on_error),
+                   "finished": self._job_finished}
         if yielded is not None:
             connect["yielded"] = yielded
         self.worker = create_worker(func, *args, **kwargs, _start_thread=False, _connect=connect)
         self._set_running(True)
         self.status.value = status
         self._progress_bar, self._done_total = bar, (0, 1)
+        self._job_status, self._job_started = status, time.perf_counter()
         if bar is not None:
             self._progress_timer.start()
         self.worker.start()
+
+    def _after_progress(self, callback: Callable) -> Callable:
+        """``callback`` once the progress timer has stopped, so that no tick covers the job's last words."""
+        def call(value: Any) -> None:
+            self._progress_timer.stop()
+            self.show_progress()
+            callback(value)
+
+        return call
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next step; what it has written stays or is cleaned up by the job."""
@@ -234,12 +247,18 @@ class DockWidget(QWidget):
         self._done_total = (done, total)
 
     def show_progress(self) -> None:
-        """Show the last recorded progress on the job's progress bar."""
+        """Show the last recorded progress on the job's progress bar, and on the status line with the time left
+        at the rate so far (while the job runs)."""
+        from napari_hires.engine.estimate import format_seconds
+
         if self._progress_bar is None:
             return
         done, total = self._done_total
         self._progress_bar.max = max(total, 1)
         self._progress_bar.value = min(done, total)
+        if self._progress_timer.isActive() and 0 < done < total and not self.cancel_token.cancelled:
+            left = (time.perf_counter() - self._job_started) / done * (total - done)
+            self.status.value = f"{self._job_status} {done}/{total} · ~{format_seconds(left)} left"
 
     def on_error(self, err: Exception) -> None:
         """User errors go to the status line; anything else is a bug: shown and re-raised."""
