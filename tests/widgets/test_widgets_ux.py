@@ -242,3 +242,43 @@ def test_build_pyramid_shows_the_time_left(make_napari_viewer, qtbot, tmp_path):
     qtbot.waitUntil(left_or_over, timeout=WAIT_MS)
     assert re.search(r"\d+/\d+ · ~[\d.]+ (s|min)( \d+ s)? left", seen[-1]), sorted(set(seen))
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+def test_fine_tuning_on_the_visible_region_trains_only_where_the_model_predicted(make_napari_viewer, qtbot,
+                                                                                  tmp_path):
+    """A prediction over a rectangle, fine-tuned on the visible region (the whole image in view): the pixels the
+    model never predicted (0 in the store, not "background") are not trained on; only the predicted rectangle is."""
+    from napari_hires.engine import predict
+    from napari_hires.models import load_model
+    from napari_hires.widgets.train import REGIONS, TrainWidget
+
+    pixels = np.random.default_rng(0).integers(0, 255, (600, 600, 3), np.uint8)
+    predicted = (100, 300, 200, 400)
+    out = tmp_path / "prediction.zarr"
+    predict(pixels, MODEL, out, region=predicted, tile=128, overlap=32, device="cpu")
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(pixels, rgb=True, name="image")
+    viewer.open(str(out), plugin="napari-hires")
+    viewer.reset_view()
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.labels.value.metadata.get("source") == str(out)
+    widget.region.value = REGIONS[0]
+    widget.model.value = MODEL
+    widget.zero_unlabelled.value = False  # the prediction's 0 is its background class where it predicted
+    widget.steps.value, widget.batch.value, widget.tile.value = 1, 2, 64
+    widget.device.value = "cpu"
+    widget.output.value = tmp_path / "tuned.safetensors"
+    assert _layers_visible(viewer, image) == (0, 600, 0, 600)
+    assert widget.chosen_region(image, widget.labels.value) == predicted
+    widget.train_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith("trained 1 steps"), widget.status.value
+    card = load_model(tmp_path / "tuned.safetensors").card
+    assert card.provenance["data"]["labelled_pixels"] == 200 * 200
+
+
+def _layers_visible(viewer, layer):
+    from napari_hires.widgets import _layers
+
+    return _layers.visible_region(viewer, layer)
