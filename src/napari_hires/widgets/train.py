@@ -128,6 +128,27 @@ def labels_extent(labels: Any, image: Any) -> _layers.Region:
     return region
 
 
+def predicted_region(labels: Any, image: Any) -> _layers.Region | None:
+    """The image pixels a prediction store behind ``labels`` was predicted over (the region of its run record),
+    or None for labels that are no such store or were predicted over the whole image."""
+    from napari_hires.io.build_state import RUN_RECORD, store_marker
+
+    source = _layers.layer_source(labels)
+    found = store_marker(source) if source else None
+    region = (found[1].get(RUN_RECORD) or {}).get("region") if found else None
+    if not region:
+        return None
+    dy, dx = labels_offset(labels, image)
+    y0, y1, x0, x1 = (int(v) for v in region)
+    return y0 + dy, y1 + dy, x0 + dx, x1 + dx
+
+
+def _overlap(a: _layers.Region, b: _layers.Region) -> _layers.Region | None:
+    """The pixels two regions share, or None."""
+    region = (max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3]))
+    return region if region[0] < region[1] and region[2] < region[3] else None
+
+
 def read_training_data(request: TrainRequest) -> tuple[np.ndarray, np.ndarray | None]:
     """The region's image pixels and labels in memory (off the UI thread): what the training jobs train on."""
     from napari_hires.training.sampling import MAX_REGION_PIXELS
@@ -309,11 +330,15 @@ class TrainWidget(DockWidget):
                 raise HiresError("the labels extent needs a labels layer: choose one, or another region")
             return labels_extent(labels, image)
         if labels is not None:
-            ly0, ly1, lx0, lx1 = labels_extent(labels, image)
-            y0, y1, x0, x1 = region
-            region = (max(y0, ly0), min(y1, ly1), max(x0, lx0), min(x1, lx1))
-            if region[0] >= region[1] or region[2] >= region[3]:
+            region = _overlap(region, labels_extent(labels, image))
+            if region is None:
                 raise HiresError(f"the region holds none of the labels {labels.name!r}: move it over them")
+            predicted = predicted_region(labels, image)
+            if predicted is not None:  # outside it the store's 0 means "never predicted", not a class
+                region = _overlap(region, predicted)
+                if region is None:
+                    raise HiresError(f"the region holds none of the pixels the model predicted in {labels.name!r}: "
+                                     "move it over the predicted part")
         return region
 
     def _model_choice(self) -> Any:
