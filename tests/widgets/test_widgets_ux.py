@@ -282,3 +282,26 @@ def _layers_visible(viewer, layer):
     from napari_hires.widgets import _layers
 
     return _layers.visible_region(viewer, layer)
+
+
+@pytest.mark.parametrize("widget_name", ["run_model", "train", "preview"])
+def test_model_list_shows_trained_models_first_with_their_data(make_napari_viewer, widget_name):
+    """Trained models come first and say what they were trained on; untrained architectures are marked."""
+    from napari_hires.models import model_entry
+    from napari_hires.widgets.preview import RestorationPreviewWidget
+    from napari_hires.widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    widget = {"run_model": RunModelWidget, "preview": RestorationPreviewWidget, "train": TrainWidget}[widget_name](
+        viewer)
+    combo = widget.model.native
+    rows = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())]
+    names = [data for _, data in rows if data not in ("model file...", "new small MAXIM")]
+    trained = [model_entry(name).trained for name in names]
+    assert any(trained) and not all(trained)
+    assert trained == sorted(trained, reverse=True), names  # every trained model before every untrained one
+    for text, data in rows:
+        if data in names and model_entry(data).trained:
+            assert "trained on the synthetic slide" in text, text
+        elif data in names:
+            assert "untrained" in text, text
