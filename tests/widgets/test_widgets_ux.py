@@ -305,3 +305,23 @@ def test_model_list_shows_trained_models_first_with_their_data(make_napari_viewe
             assert "trained on the synthetic slide" in text, text
         elif data in names:
             assert "untrained" in text, text
+
+
+@pytest.mark.parametrize("synthetic", [False, True])
+def test_a_synthetic_trained_model_on_a_real_image_says_so(make_napari_viewer, qtbot, tmp_path, synthetic):
+    """The shipped demo weights learnt the synthetic slide only: run on another image, the status says in one line
+    that the labels are a demo; on the synthetic slide itself it says nothing of the kind."""
+    from napari_hires._sample_data import slide_layer_data
+
+    viewer = make_napari_viewer()
+    widget = small_widget(viewer)
+    if synthetic:
+        (data, meta, _), _labels = slide_layer_data((512, 512))
+        widget.image.value = viewer.add_image(data, **meta)
+    widget.model.value = "hct_tiny_seg_synthetic"
+    widget.output.value = tmp_path / "demo.zarr"
+    settle(qtbot, widget)
+    run_and_wait(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("done"), timeout=WAIT_MS)
+    assert ("trained on the synthetic slide only" in widget.status.value) is not synthetic, widget.status.value
+    settle(qtbot, widget)
