@@ -59,6 +59,17 @@ def trained_on(name: str) -> str | None:
     return (entry.trained_on or "its shipped data") if entry.trained else None
 
 
+def synthetic_note(model: Any, layer: Any) -> str:
+    """A warning line when ``model`` learnt the synthetic slide only and ``layer`` shows another image; else ""."""
+    from napari_hires.widgets._layers import is_synthetic_slide
+
+    card = getattr(model, "card", None)  # registered architectures without weights have none
+    data = (card.provenance.get("data") or {}) if card is not None else {}
+    if "synthetic_slide" not in data or is_synthetic_slide(layer):
+        return ""
+    return "this model was trained on the synthetic slide only: on this image its output is a demo, not a measurement"
+
+
 def model_choices(names: Iterable[str], detail: Callable[[str], str] | None = None) -> list[tuple[str, str]]:
     """A model list: trained models first, each saying what it was trained on, then the untrained architectures
     marked as such (their output is random), then the model-file entry; ``detail(name)`` adds to a label."""

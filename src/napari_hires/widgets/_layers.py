@@ -74,6 +74,12 @@ def engine_input(layer: Any) -> Any:
     return data
 
 
+def is_synthetic_slide(layer: Any) -> bool:
+    """True for a layer showing napari-hires's synthetic slide (its lazily rendered levels, or its name)."""
+    name = str(getattr(level0(layer), "name", "") or "")
+    return name.startswith("synthetic-slide-") or "synthetic slide" in layer.name
+
+
 def level0_shape(layer: Any) -> tuple[int, int]:
     """(height, width) of the layer's level 0 in pixels."""
     shape = level0(layer).shape

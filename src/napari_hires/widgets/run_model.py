@@ -22,7 +22,7 @@ from qtpy.QtCore import QTimer
 
 from napari_hires.errors import HiresError
 from napari_hires.widgets import _layers
-from napari_hires.widgets._base import MODEL_FILE, DockWidget, free_path, model_choices
+from napari_hires.widgets._base import MODEL_FILE, DockWidget, free_path, model_choices, synthetic_note
 from napari_hires.widgets._status import USER_ERRORS, message_rows, report_error
 
 SCOPES = ("whole image", "visible region", "Shapes rectangle")
@@ -144,6 +144,7 @@ class RunModelWidget(DockWidget):
         self.estimate_worker: Any = None
         self._estimate_again = False
         self._run_layer: Any = None
+        self._run_settings: dict[str, Any] = {}
         self.result: Any = None
         self.result_layers: list[Any] = []
         self._progress_state: tuple[int, int] | None = None
@@ -367,7 +368,7 @@ class RunModelWidget(DockWidget):
         if answer == "new":
             out = str(free_path(Path(out).parent, Path(out).stem, ".zarr", Path.exists))
             self.set_auto_output(Path(out))
-        self._run_layer = settings["layer"]
+        self._run_layer, self._run_settings = settings["layer"], settings
         self.result, self._progress_state, self._dirty = None, None, False
         self._refresh_timer.start()
         token = CancelToken()  # Cancel stops between two tile batches; written blocks stay, so Run resumes
@@ -454,6 +455,10 @@ class RunModelWidget(DockWidget):
                                     else "")
                                  + result.scaling_note)
             self.status.tooltip = f"written to {result.path}"
+            settings = self._run_settings
+            note = synthetic_note(self.load_model(settings["model"], settings["model_file"]), settings["layer"])
+            if note:
+                self.status.value += f" · {note}"
 
     def _on_error(self, err: Exception) -> None:
         """User errors (bad settings, an output in the way) go to the status line; anything else is a bug."""
