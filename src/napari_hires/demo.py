@@ -36,7 +36,7 @@ def open_demo_viewer(size: tuple[int, int] | None = None, *, widgets: bool = Tru
                  for i, name in enumerate(DEMO_WIDGETS)]
         QApplication.processEvents()  # let napari tabify the docks before choosing the front one
         docks[0].raise_()  # "Run model" in front
-        window = viewer.window._qt_window  # napari has no public call to size a dock area
+        window = docks[0].parentWidget()  # the main window, by Qt's API (napari has no call to size a dock area)
         window.resizeDocks(docks[:1], [420], Qt.Orientation.Horizontal)
     return viewer
 
