@@ -1,6 +1,6 @@
-"""What the dock widgets share: a scrolling form, layer choices that follow the viewer, the model section (a model
-list and a model file), the devices that exist, an output path that follows the form until the user edits it, and
-a job in a napari worker with progress and cancel.
+"""What the dock widgets share: a scrolling form, layer choices that follow the viewer, the region in view or under a
+rectangle, the model section (a model list and a model file), the devices that exist, an output path that follows
+the form until the user edits it, and a job in a napari worker with progress, time left and cancel.
 """
 
 from __future__ import annotations
@@ -150,6 +150,24 @@ class DockWidget(QWidget):
         layers = [c for c in combo.choices if c is not None]  # nullable combos list None first
         if combo.value is None and layers:
             combo.value = layers[0]
+
+    def view_or_rectangle(self, layer: Any, *, rectangle: bool) -> Any:
+        """The level-0 pixels of ``layer`` in view, or under the rectangle of ``self.shapes`` (the selected, else
+        the first shape); raises HiresError saying what to do when there are none."""
+        from napari_hires.widgets import _layers
+
+        if not rectangle:
+            region = _layers.visible_region(self.viewer, layer)
+            if region is None:
+                raise HiresError(f"{layer.name!r} is not in view: pan to it, or choose another region")
+            return region
+        shapes = self.shapes.value
+        if shapes is None:
+            raise HiresError("no Shapes layer: add one, draw a rectangle on it and choose it as the rectangle")
+        region = _layers.rectangle_region(shapes, layer)
+        if region is None:
+            raise HiresError(f"the rectangle on {shapes.name!r} does not overlap {layer.name!r}: draw it on the image")
+        return region
 
     # ------------------------------------------------------------------ model
     def model_section(self, choices: list[Any], value: Any = None) -> None:

@@ -259,18 +259,7 @@ class RunModelWidget(DockWidget):
     def _region(self, layer: Any) -> _layers.Region | None:
         if self.scope.value == SCOPES[0]:
             return None
-        if self.scope.value == SCOPES[1]:
-            region = _layers.visible_region(self.viewer, layer)
-            if region is None:
-                raise HiresError(f"{layer.name!r} is not in view: pan to it, or choose the whole image")
-            return region
-        shapes = self.shapes.value
-        if shapes is None:
-            raise HiresError("no Shapes layer: add one, draw a rectangle on it and choose it as the rectangle")
-        region = _layers.rectangle_region(shapes, layer)
-        if region is None:
-            raise HiresError(f"the rectangle on {shapes.name!r} does not overlap {layer.name!r}: draw it on the image")
-        return region
+        return self.view_or_rectangle(layer, rectangle=self.scope.value == SCOPES[2])
 
     def load_model(self, choice: str, model_file: str) -> Any:
         """The chosen model, built (or read) once per name or file and kept for later runs and estimates."""

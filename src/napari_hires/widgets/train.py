@@ -315,16 +315,8 @@ class TrainWidget(DockWidget):
     # ------------------------------------------------------------------ the form
     def chosen_region(self, image: Any, labels: Any = None) -> _layers.Region:
         """The region to train on (or predict) in image pixels; a clear error when it is empty or missing."""
-        if self.region.value == REGIONS[0]:
-            region = _layers.visible_region(self.viewer, image)
-            if region is None:
-                raise HiresError(f"{image.name!r} is not in view: pan to it, or choose another region")
-        elif self.region.value == REGIONS[1]:
-            if self.shapes.value is None:
-                raise HiresError("no Shapes layer: add one, draw a rectangle on it and choose it as the rectangle")
-            region = _layers.rectangle_region(self.shapes.value, image)
-            if region is None:
-                raise HiresError(f"the rectangle does not overlap {image.name!r}: draw it on the image")
+        if self.region.value in REGIONS[:2]:
+            region = self.view_or_rectangle(image, rectangle=self.region.value == REGIONS[1])
         else:
             if labels is None:
                 raise HiresError("the labels extent needs a labels layer: choose one, or another region")
