@@ -318,7 +318,7 @@ def test_a_synthetic_trained_model_on_a_real_image_says_so(make_napari_viewer, q
     if synthetic:
         (data, meta, _), _labels = slide_layer_data((512, 512))
         widget.image.value = viewer.add_image(data, **meta)
-    widget.model.value = "hct_tiny_seg_synthetic"
+    widget.model.value = "hct_tiny_seg.synthetic"
     widget.output.value = tmp_path / "demo.zarr"
     settle(qtbot, widget)
     run_and_wait(qtbot, widget)

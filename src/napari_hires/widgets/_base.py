@@ -63,7 +63,7 @@ def synthetic_note(model: Any, layer: Any) -> str:
     """A warning line when ``model`` learnt the synthetic slide only and ``layer`` shows another image; else ""."""
     from napari_hires.widgets._layers import is_synthetic_slide
 
-    card = getattr(model, "card", None)  # registered architectures without weights have none
+    card = model.card  # None for an architecture without trained weights
     data = (card.provenance.get("data") or {}) if card is not None else {}
     if "synthetic_slide" not in data or is_synthetic_slide(layer):
         return ""
