@@ -223,7 +223,15 @@ class CorrectLabelsWidget(DockWidget):
     def _track(self, future: Future, then: str) -> None:
         self.pending += 1
         source = self.source_layer
-        future.add_done_callback(lambda f: self._relay.done.emit((f, then, source)))
+        future.add_done_callback(lambda f: self._hand_over((f, then, source)))
+
+    def _hand_over(self, result: tuple[Future, str, Any]) -> None:
+        """On the writer's thread: hand a finished write to the main thread, unless the dock was deleted meanwhile
+        (Qt then refuses the signal; the write itself is done and there is nothing left to show)."""
+        try:
+            self._relay.done.emit(result)
+        except RuntimeError:
+            pass
 
     def _on_written(self, result: tuple[Future, str, Any]) -> None:
         """On the main thread after a background write: report it, refresh the labels, close on commit/discard."""
