@@ -16,7 +16,7 @@ import zarr
 from napari.layers import Labels
 from qtpy.QtCore import QTimer
 
-from napari_hires.engine import predict
+from napari_hires.engine import BlockWritten, predict
 from napari_hires.engine.estimate import run_geometry
 from napari_hires.io.synthetic import synthetic_slide
 from napari_hires.models import create_model, registry, save_model
@@ -194,8 +194,8 @@ def test_result_layer_is_there_from_the_first_block(make_napari_viewer, qtbot, s
     widget, _ = setup_widget(viewer, slide, model_file, tmp_path / "run.zarr")
     seen: list[int] = []  # result layers in the viewer at each block event
 
-    def on_event(event: tuple) -> None:
-        if event[0] == "block":
+    def on_event(event: object) -> None:
+        if isinstance(event, BlockWritten):
             seen.append(sum(lay in viewer.layers for lay in widget.result_layers))
 
     run_rectangle(qtbot, widget, on_event)
@@ -274,8 +274,8 @@ def test_cancel_then_run_again_resumes(make_napari_viewer, qtbot, slide, model_f
         if len(calls) >= 2:
             assert clicked.wait(WAIT_MS / 1000)
 
-    def cancel_after_first_block(event: tuple) -> None:
-        if event[0] == "block" and not clicked.is_set():
+    def cancel_after_first_block(event: object) -> None:
+        if isinstance(event, BlockWritten) and not clicked.is_set():
             widget.cancel_button.native.click()
             clicked.set()
 

@@ -38,13 +38,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="model input tile side in pixels (default: the model's own, from its card)")
     p.add_argument("--overlap", type=non_negative, default=None,
                    help="pixels between neighbouring tiles (default: the model's halo plus a cross-fade)")
-    p.add_argument("--batch", type=positive, default=4, help="tiles per model call (halves on out-of-memory)")
-    p.add_argument("--chunk", type=positive, default=512, help="output chunk side in pixels")
+    p.add_argument("--batch", type=positive, default=None,
+                   help="tiles per model call (default: 2 on a CPU, 8 on an accelerator; halves on out-of-memory)")
+    p.add_argument("--chunk", type=positive, default=None, help="output chunk side in pixels (default: 512)")
     p.add_argument("--block", type=positive, default=None,
                    help="output block side in pixels, a multiple of --chunk (default: about four tiles)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
-    p.add_argument("--probabilities", action="store_true", help="also store per-class probabilities")
+    p.add_argument("--device", default=None, help="auto (the default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default=None, help="auto (the default), fp32, bf16 or fp16")
+    p.add_argument("--probabilities", action="store_true", default=None, help="also store per-class probabilities")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT instead of refusing or resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     where = p.add_mutually_exclusive_group()
@@ -61,11 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from napari_hires.engine.runner import CancelToken
 
     cancel = CancelToken()
-    options = dict(
-        level=args.level, region=tuple(args.region) if args.region else None, tile=args.tile, overlap=args.overlap,
-        block=args.block, chunk=args.chunk, probabilities=args.probabilities, overwrite=args.overwrite,
-        device=args.device, precision=args.precision, batch=args.batch, cancel=cancel,
-    )
+    options = dict(options=run_options(args), level=args.level, region=tuple(args.region) if args.region else None,
+                   overwrite=args.overwrite, cancel=cancel)
     image = os.path.abspath(args.input)  # the same run record whether it runs here or on a cluster
     with _ProgressBar(enabled=not args.quiet) as bar, _cancel_on_interrupt(cancel):
         if args.workers or args.scheduler:
@@ -85,6 +83,14 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print(summary(result))
     return 0
+
+
+def run_options(args: argparse.Namespace) -> Any:
+    """The RunOptions of the command line: a flag left out (None) keeps the API's default."""
+    from napari_hires.engine.options import RunOptions
+
+    given = {name: getattr(args, name) for name in RunOptions.names() if getattr(args, name, None) is not None}
+    return RunOptions.of(**given)
 
 
 def summary(result: Any) -> str:

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Generator
 
 from napari_hires.errors import HiresError, OutputExistsError, missing_extra
 
@@ -24,7 +24,17 @@ try:
 except ImportError as err:
     raise missing_extra("distributed", "dask.distributed", "running on a dask cluster") from err
 
-from napari_hires.engine.predict import PredictionPlan, PredictionResult, Progress, plan_prediction
+from napari_hires.engine.events import BlockWritten, block_progress, drain
+from napari_hires.engine.options import RunOptions
+from napari_hires.engine.predict import (
+    PredictionPlan,
+    PredictionResult,
+    Progress,
+    RunCounts,
+    RunEvent,
+    plan_prediction,
+    planned_run,
+)
 from napari_hires.engine.runner import CancelToken
 
 #: Seconds to wait for a cluster that has no workers yet before giving up.
@@ -35,56 +45,57 @@ def predict_distributed(
     image_path: str | os.PathLike,
     model: Any,
     out: str | os.PathLike,
+    options: RunOptions | None = None,
     *,
     client: Client,
     level: int = 0,
     region: tuple[int, int, int, int] | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    block: int | None = None,
-    chunk: int = 512,
-    probabilities: bool = False,
     overwrite: bool = False,
-    device: str = "auto",
-    precision: str = "auto",
-    batch: int = 4,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
+    **changes: Any,
 ) -> PredictionResult:
     """Predict the image at ``image_path`` with ``model`` into ``out`` on the workers of ``client``.
 
     Arguments mean what they mean for :func:`~napari_hires.engine.predict`; ``device``, ``precision`` and
-    ``batch`` apply on each worker. Paths must name the same files on every worker (a shared file system).
-    Setting ``cancel`` stops handing out blocks; those in flight finish, and rerunning the same call resumes.
+    ``batch`` apply on each worker (an automatic batch is the worker's device's). Paths must name the same files on
+    every worker (a shared file system). Setting ``cancel`` stops handing out blocks; those in flight finish, and
+    rerunning the same call resumes.
     """
+    steps = run_distributed(image_path, model, out, RunOptions.of(options, **changes), client=client, level=level,
+                            region=region, overwrite=overwrite, cancel=cancel)
+    return drain(steps, block_progress(progress))
+
+
+def run_distributed(
+    image_path: str | os.PathLike,
+    model: Any,
+    out: str | os.PathLike,
+    options: RunOptions | None = None,
+    *,
+    client: Client,
+    level: int = 0,
+    region: tuple[int, int, int, int] | None = None,
+    overwrite: bool = False,
+    cancel: CancelToken | None = None,
+) -> Generator[RunEvent, None, PredictionResult]:
+    """:func:`predict_distributed` as a generator of the events of :func:`~napari_hires.engine.run_prediction`."""
     if not isinstance(image_path, (str, os.PathLike)):
         raise HiresError("a cluster run opens its input by path on every worker: pass a file path (write in-memory "
                          "images to OME-Zarr first with napari_hires.io.ome_zarr_writer.write_ome_zarr)")
-    if batch < 1:
-        raise HiresError(f"batch must be at least 1, got {batch}")
-    t0 = time.perf_counter()
+    started = time.perf_counter()
+    options = options or RunOptions()
     image, out = os.path.abspath(image_path), os.path.abspath(out)
-    options = dict(level=level, region=region, tile=tile, overlap=overlap, block=block, chunk=chunk,
-                   probabilities=probabilities)
-    plan = plan_prediction(image, model, out, overwrite=overwrite, **options)  # holds the output's lock
-    cancel = cancel or CancelToken()
-    pixels = tiles = tile_pixels = written = 0
-    try:
-        if plan.todo:
-            plugin = BlockWorker(image, out, options, _model_spec(model, plan),
-                                 dict(device=device, precision=precision, batch=batch))
-            pixels, tiles, tile_pixels, written = _schedule(client, plugin, plan, progress, cancel)
-        cancelled = written < len(plan.todo)
-        if not cancelled:
-            plan.spec.finish()
-    finally:
-        plan.close()
-    return PredictionResult(
-        path=out, task=plan.net.task, pixels=pixels, seconds=time.perf_counter() - t0, tiles=tiles,
-        tile_pixels=tile_pixels, blocks_done=written, blocks_skipped=plan.skipped,
-        blocks_total=len(plan.todo) + plan.skipped, cancelled=cancelled, layout=plan.layout,
-        input_range=plan.source.input_range,
-    )
+    where = dict(level=level, region=region)
+    plan = plan_prediction(image, model, out, options, overwrite=overwrite, **where)  # holds the output's lock
+
+    def blocks() -> Generator[BlockWritten, None, RunCounts]:
+        if not plan.todo:
+            return RunCounts()
+        plugin = BlockWorker(image, out, where, options, _model_spec(model, plan))
+        return (yield from _schedule(client, plugin, plan, cancel or CancelToken()))
+
+    return (yield from planned_run(plan, out, blocks, started))
 
 
 def _model_spec(model: Any, plan: PredictionPlan) -> dict[str, Any]:
@@ -102,15 +113,15 @@ def _model_spec(model: Any, plan: PredictionPlan) -> dict[str, Any]:
     return {"name": net.architecture, "overrides": dict(net.overrides), "declared": declared, "weights": save(state)}
 
 
-def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan, progress: Progress | None,
-              cancel: CancelToken) -> tuple[int, int, int, int]:
-    """Hand out the plan's blocks (a bounded number in flight), gather them; returns (pixels, tiles, tile pixels,
-    blocks)."""
+def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan,
+              cancel: CancelToken) -> Generator[BlockWritten, None, RunCounts]:
+    """Hand out the plan's blocks (a bounded number in flight), yielding each as it is written; returns what they
+    added up to."""
     _wait_for_workers(client)
     name = f"napari-hires-{uuid.uuid4().hex[:12]}"
     client.register_plugin(plugin, name=name)
     total, done = len(plan.todo) + plan.skipped, plan.skipped
-    pixels = tiles = tile_pixels = written = 0
+    counts = RunCounts()
     window = max(2, 2 * sum(client.nthreads().values()))
     todo = iter(plan.todo)
     boxes: dict[str, Any] = {}
@@ -130,11 +141,9 @@ def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan, progr
         for _ in range(window):
             submit()
         for future in running:
-            block_pixels, block_tiles, block_tile_pixels = future.result()  # re-raises a worker's error here
-            pixels, tiles, written, done = pixels + block_pixels, tiles + block_tiles, written + 1, done + 1
-            tile_pixels += block_tile_pixels
-            if progress is not None:
-                progress(done, total, boxes.pop(future.key))
+            counts.add(future.result())  # re-raises a worker's error here
+            done += 1
+            yield BlockWritten(done, total, boxes.pop(future.key))
             submit()
     except KilledWorker as err:
         client.cancel(list(running.futures))
@@ -145,7 +154,7 @@ def _schedule(client: Client, plugin: "BlockWorker", plan: PredictionPlan, progr
         raise
     finally:
         client.unregister_worker_plugin(name)
-    return pixels, tiles, tile_pixels, written
+    return counts
 
 
 def _wait_for_workers(client: Client) -> None:
@@ -158,9 +167,8 @@ def _wait_for_workers(client: Client) -> None:
                          "start some (dask worker ADDRESS) or use --workers N for a local cluster") from None
 
 
-def _run_block(plugin: str, index: tuple[int, int], box: tuple[int, ...],
-               want: tuple[int, ...]) -> tuple[int, int, int]:
-    """The task: one block on this worker's cached job; returns (pixels, tiles, tile pixels)."""
+def _run_block(plugin: str, index: tuple[int, int], box: tuple[int, ...], want: tuple[int, ...]) -> RunCounts:
+    """The task: one block on this worker's cached job; returns what it added up to."""
     return get_worker().plugins[plugin].run(index, box, want)
 
 
@@ -170,9 +178,9 @@ class BlockWorker(WorkerPlugin):
     Blocks run one at a time per worker (the model lives on one device), with torch using the worker's threads.
     """
 
-    def __init__(self, image: str, out: str, options: dict[str, Any], model: dict[str, Any],
-                 runner: dict[str, Any]) -> None:
-        self.image, self.out, self.options, self.model, self.runner = image, out, options, model, runner
+    def __init__(self, image: str, out: str, where: dict[str, Any], options: RunOptions,
+                 model: dict[str, Any]) -> None:
+        self.image, self.out, self.where, self.options, self.model = image, out, where, options, model
         self.job: Any = None
 
     def setup(self, worker: Any) -> None:
@@ -182,36 +190,31 @@ class BlockWorker(WorkerPlugin):
     def teardown(self, worker: Any) -> None:
         self.job = None
 
-    def run(self, index: tuple[int, int], box: tuple[int, ...], want: tuple[int, ...]) -> tuple[int, int, int]:
+    def run(self, index: tuple[int, int], box: tuple[int, ...], want: tuple[int, ...]) -> RunCounts:
         from napari_hires.engine.tiling import Box
 
         with self.lock:
             if self.job is None:
                 self.job = self._open()
-            before = self.job.tiles, self.job.runner.tile_pixels
-            want_box = Box(*want)
-            self.job.predict_block(tuple(index), Box(*box), want_box)
-            return (want_box.shape[0] * want_box.shape[1], self.job.tiles - before[0],
-                    self.job.runner.tile_pixels - before[1])
+            return self.job.predict_block(tuple(index), Box(*box), Box(*want))
 
     def _open(self) -> Any:
         """Open input, model and store as the client planned them (the same run record reopens the same store)."""
         import torch
 
         from napari_hires.engine.predict import BlockJob
-        from napari_hires.engine.runner import TileRunner
 
         torch.set_num_threads(self.threads)
         try:
-            plan = plan_prediction(self.image, self._build_model(), self.out, overwrite=False, hold_lock=False,
-                                   **self.options)
+            plan = plan_prediction(self.image, self._build_model(), self.out, self.options, overwrite=False,
+                                   hold_lock=False, **self.where)
         except OutputExistsError:
             raise HiresError(
                 f"a worker could not reopen the output {self.out} that the client created: it sees another input, "
                 "model or store there. Run workers where the input, model file and output paths name the same files "
                 "as on the client (a shared file system)"
             ) from None
-        return BlockJob(plan, TileRunner(plan.net, **self.runner))
+        return BlockJob(plan)
 
     def _build_model(self) -> Any:
         """The client's model: its file, or its architecture with the client's weights and identity."""

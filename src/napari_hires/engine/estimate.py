@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_hires.engine.tiling import Box, TileLayout, context_box, layout_for, output_grid
+from napari_hires.engine.options import RunOptions
+from napari_hires.engine.tiling import Box, TileLayout, context_box
 
 #: Input blocks the pipeline holds at once (prefetched, being read, being predicted), and output blocks.
 INPUT_BLOCKS_IN_FLIGHT = 4
@@ -64,15 +65,14 @@ class Estimate:
 def run_geometry(
     shape: tuple[int, int],
     model: Any,
+    options: RunOptions | None = None,
     *,
     region: tuple[int, int, int, int] | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    chunk: int = 512,
+    **changes: Any,
 ) -> RunGeometry:
-    """Blocks and tiles of ``model`` over ``region`` (or all) of a ``shape`` image, laid out as the engine does."""
-    layout = layout_for(model, tile, overlap)
-    _, block, _ = output_grid(layout, model.task, chunk)
+    """Blocks and tiles of ``model`` over ``region`` (or all) of a ``shape`` image, laid out as the engine does with
+    ``options`` (a :class:`RunOptions`, or its fields as keywords)."""
+    layout, _, block, _ = RunOptions.of(options, **changes).grid(model)
     h, w = shape
     bounds = Box(0, h, 0, w)
     target = bounds if region is None else Box(*region).intersect(bounds)
@@ -173,20 +173,20 @@ def estimate_run(
     shape: tuple[int, int],
     dtype: Any,
     model: Any,
+    options: RunOptions | None = None,
     *,
     region: tuple[int, int, int, int] | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch: int = 4,
-    device: str = "auto",
-    precision: str = "auto",
-    chunk: int = 512,
+    **changes: Any,
 ) -> Estimate:
-    """Expected seconds and memory of a run (times a tile of ``model``: call it off the UI thread)."""
+    """Expected seconds and memory of a run with ``options`` (as for :func:`run_geometry`; the batch the run would
+    use). Times a tile of ``model``: call it off the UI thread."""
     from napari_hires.engine.device import resolve_device
 
-    geometry = run_geometry(shape, model, region=region, tile=tile, overlap=overlap, chunk=chunk)
-    per_tile, activations = measure_tile(model, tile=geometry.layout.tile, device=device, precision=precision)
+    options = RunOptions.of(options, **changes)
+    geometry = run_geometry(shape, model, options, region=region)
+    per_tile, activations = measure_tile(model, tile=geometry.layout.tile, device=options.device,
+                                         precision=options.precision)
+    batch = options.batch_for()
     itemsize = np.dtype(dtype).itemsize
     out_channels = model.out_channels
     out_itemsize = 2 if model.task == "classification" else (1 if model.task == "segmentation" else itemsize)
@@ -198,7 +198,7 @@ def estimate_run(
     accumulators = 0 if model.task == "classification" else (out_channels + 1) * geometry.context_pixels * 4
     dev = weights + batch * (tile_px * (model.in_channels + 2 * out_channels) * 4 + activations) + accumulators
     seconds = geometry.tile_pixels / geometry.layout.tile ** 2 * per_tile  # per_tile: one tile of the set size
-    return Estimate(geometry, seconds, int(host), int(dev), resolve_device(device).type)
+    return Estimate(geometry, seconds, int(host), int(dev), resolve_device(options.device).type)
 
 
 def stored_progress(out: str | Path) -> tuple[int, int] | None:

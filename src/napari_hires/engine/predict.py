@@ -16,16 +16,18 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Generator, Union
 
 import numpy as np
 
+from napari_hires.engine.events import BlockWritten, Finishing, Planned, block_progress, drain
 from napari_hires.engine.intensity import InputRange
+from napari_hires.engine.options import RunOptions
 from napari_hires.engine.output import OutputSpec, create_output, run_record, weights_digest
 from napari_hires.engine.regions import channel_adapter, classify_pixels, dense_output, heatmap_input, read_padded
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
 from napari_hires.engine.source import ImageSource, as_source
-from napari_hires.engine.tiling import Box, TileLayout, context_box, layout_for, output_grid
+from napari_hires.engine.tiling import Box, TileLayout, context_box
 from napari_hires.errors import HiresError, UntrainedModelWarning
 from napari_hires.io.job_identity import content_identity
 from napari_hires.io.output_lock import OutputLock, lock_output
@@ -34,6 +36,8 @@ from napari_hires.models.base import HiresModel
 
 #: progress(done_blocks, total_blocks, box): box is the output block just written (output level-0 pixels).
 Progress = Callable[[int, int, Box], None]
+#: What a run's generator yields.
+RunEvent = Union[Planned, BlockWritten, Finishing]
 
 
 @dataclass
@@ -90,6 +94,22 @@ def warn_if_untrained(net: HiresModel) -> None:
 
 
 @dataclass
+class RunCounts:
+    """What a run's blocks added up to: input pixels predicted, tiles run and their input pixels, blocks written."""
+
+    pixels: int = 0
+    tiles: int = 0
+    tile_pixels: int = 0
+    blocks: int = 0
+
+    def add(self, other: RunCounts) -> None:
+        self.pixels += other.pixels
+        self.tiles += other.tiles
+        self.tile_pixels += other.tile_pixels
+        self.blocks += other.blocks
+
+
+@dataclass
 class PredictionPlan:
     """Everything decided before the first tile runs: input, model, layout, output store and the blocks to do."""
 
@@ -101,6 +121,7 @@ class PredictionPlan:
     stride: int
     todo: list[tuple[tuple[int, int], Box, Box]]  # (journal index, output box, input box to predict)
     skipped: int  # blocks an earlier run of the same job finished
+    options: RunOptions = field(default_factory=RunOptions)
     lock: OutputLock | None = None  # this run's hold on the output, until close()
 
     @property
@@ -113,36 +134,45 @@ class PredictionPlan:
         if self.lock is not None:
             self.lock.release()
 
+    def result(self, path: str, seconds: float, counts: RunCounts) -> PredictionResult:
+        """What the run did, from what its blocks added up to (the one builder, locally and on a cluster); it was
+        cancelled when it wrote fewer blocks than it had to do."""
+        return PredictionResult(
+            path=path, task=self.net.task, pixels=counts.pixels, seconds=seconds, tiles=counts.tiles,
+            tile_pixels=counts.tile_pixels, blocks_done=counts.blocks, blocks_skipped=self.skipped,
+            blocks_total=len(self.todo) + self.skipped, cancelled=counts.blocks < len(self.todo),
+            layout=self.layout, input_range=self.source.input_range,
+        )
+
 
 def plan_prediction(
     image: Any,
     model: str | os.PathLike | HiresModel,
     out: str | os.PathLike,
+    options: RunOptions | None = None,
     *,
     level: int = 0,
     region: tuple[int, int, int, int] | None = None,
     mask: Any = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    block: int | None = None,
-    chunk: int = 512,
-    probabilities: bool = False,
     overwrite: bool = False,
     hold_lock: bool = True,
+    **changes: Any,
 ) -> PredictionPlan:
     """Resolve the input and model, lay out tiles and blocks, and create (or reopen, to resume) the output store.
 
+    ``options`` (:class:`RunOptions`, or its fields as keywords) say how; ``level``, ``region`` and ``mask`` what.
     The output is checked first (not the input, nor around or inside it; writable) and locked for this run: call
     :meth:`PredictionPlan.close` when done. ``hold_lock=False`` is for the workers of a run whose client holds it.
     A store begun by the same job resumes; one that the same job completed is reopened with nothing to do.
     """
+    options = RunOptions.of(options, **changes)
     source = as_source(image, level)
     model_file = os.fspath(model) if isinstance(model, (str, os.PathLike)) and os.path.exists(model) else None
     check_output(out, [source.path, model_file])
     check_writable(out)
     net = resolve_model(model, untrained_ok=True)  # warned below, once the run is sure to start
     channel_adapter(source.channels, net.in_channels, source.name)
-    layout = layout_for(net, tile, overlap)
+    layout, chunk, block, factor = options.grid(net)
     bounds = source.bounds
     target = bounds if region is None else _check_region(region, bounds)
     card = net.card
@@ -150,10 +180,10 @@ def plan_prediction(
         i: f"class {i}" for i in range(net.out_channels)}
     stride = layout.tile - layout.overlap
     classify = net.task == "classification"
-    chunk, block, factor = output_grid(layout, net.task, chunk, block)
     if block % chunk:
         raise HiresError(f"block {block} must be a multiple of the chunk {chunk}, so that blocks own whole chunks")
     out_shape = (math.ceil(source.shape[0] / stride), math.ceil(source.shape[1] / stride)) if classify else source.shape
+    probabilities = options.probabilities
     run = run_record(
         input=source.origin, shape=source.shape, dtype=str(source.dtype), model=net.name or type(net).__name__,
         weights=weights_digest(net), task=net.task, tile=layout.tile, max_tile=layout.max_tile,
@@ -186,53 +216,75 @@ def plan_prediction(
         todo.append((index, box, want))
     if isinstance(model, (str, os.PathLike)) and model_file is None:
         warn_if_untrained(net)
-    return PredictionPlan(source, net, layout, spec, classify, stride, todo, skipped, lock)
+    return PredictionPlan(source, net, layout, spec, classify, stride, todo, skipped, options, lock)
+
+
+def planned_run(plan: PredictionPlan, out: str, blocks: Callable[[], Generator[BlockWritten, None, RunCounts]],
+                started: float) -> Generator[RunEvent, None, PredictionResult]:
+    """The one path of a run once planned, whatever runs the blocks (this process or a cluster): yields Planned,
+    the blocks' events and Finishing, finishes the store unless cancelled, and releases the output however it
+    ends; returns the result (written to ``out``). ``blocks`` is called after Planned; ``started`` is the run's
+    ``time.perf_counter()`` at its start."""
+    try:
+        yield Planned(plan)
+        counts = yield from blocks()
+        if counts.blocks == len(plan.todo) and not plan.complete:
+            yield Finishing()
+            plan.spec.finish()
+        return plan.result(out, time.perf_counter() - started, counts)
+    finally:
+        plan.close()
+
+
+def run_prediction(
+    image: Any,
+    model: str | os.PathLike | HiresModel,
+    out: str | os.PathLike,
+    options: RunOptions | None = None,
+    *,
+    level: int = 0,
+    region: tuple[int, int, int, int] | None = None,
+    mask: Any = None,
+    overwrite: bool = False,
+    cancel: CancelToken | None = None,
+) -> Generator[RunEvent, None, PredictionResult]:
+    """A prediction as a generator (arguments as for :func:`predict`): yields :class:`Planned` once the output store
+    exists, :class:`BlockWritten` per written block (in order) and :class:`Finishing` before the coarser levels and
+    metadata; returns the :class:`PredictionResult`. Closing it early stops the run, leaving a resumable store."""
+    started = time.perf_counter()
+    plan = plan_prediction(image, model, out, options, level=level, region=region, mask=mask, overwrite=overwrite)
+    return (yield from planned_run(plan, str(out), lambda: BlockJob(plan, cancel).run(), started))
 
 
 def predict(
     image: Any,
     model: str | os.PathLike | HiresModel,
     out: str | os.PathLike,
+    options: RunOptions | None = None,
     *,
     level: int = 0,
     region: tuple[int, int, int, int] | None = None,
     mask: Any = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch: int = 4,
-    block: int | None = None,
-    chunk: int = 512,
-    device: str = "auto",
-    precision: str = "auto",
-    probabilities: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
-    prefetch: int = 2,
-    live_pyramid: bool = False,
+    **changes: Any,
 ) -> PredictionResult:
     """Predict ``image`` (a Pyramid, path or array; ``level`` of it) with ``model`` into the OME-Zarr store ``out``.
 
+    ``options`` (:class:`RunOptions`, or any of its fields as keywords: ``tile``, ``overlap``, ``batch``, ``block``,
+    ``chunk``, ``device``, ``precision``, ``probabilities``, ``prefetch``, ``live_pyramid``) say how: ``overlap``
+    defaults to the model's halo plus a cross-fade, ``tile`` to the model's ``tile_size``, ``batch`` to the device's.
     ``region`` (y0, y1, x0, x1 in pixels of that level) or ``mask`` (a 2-d boolean array at any resolution covering
-    the image; blocks it leaves empty are skipped) limit the work. ``overlap`` defaults to the model's halo plus a
-    cross-fade and ``tile`` to the model's ``tile_size``. Rerunning the same call resumes an interrupted run (on
-    the same input content; a changed input is refused, saying what changed) and finds a finished one complete,
-    doing nothing; ``overwrite`` starts again. One run at a time writes an output (a lock beside it). ``live_pyramid``
-    refreshes the coarser levels under each block as it is written, so that a viewer shows the result filling in at
-    every zoom.
+    the image; blocks it leaves empty are skipped) limit the work. Rerunning the same call resumes an interrupted run
+    (on the same input content; a changed input is refused, saying what changed) and finds a finished one complete,
+    doing nothing; ``overwrite`` starts again. One run at a time writes an output (a lock beside it).
+    ``live_pyramid`` refreshes the coarser levels under each block as it is written, so that a viewer shows the
+    result filling in at every zoom. ``progress(done, total, box)`` hears of each written block.
     """
-    t0 = time.perf_counter()
-    plan = plan_prediction(image, model, out, level=level, region=region, mask=mask, tile=tile, overlap=overlap,
-                           block=block, chunk=chunk, probabilities=probabilities, overwrite=overwrite)
-    try:
-        runner = TileRunner(plan.net, device=device, precision=precision, batch=batch)
-        job = BlockJob(plan, runner, cancel or CancelToken(), progress, live_pyramid=live_pyramid)
-        job.run(plan.todo, prefetch)
-        if not job.cancelled:
-            plan.spec.finish()
-        return job.result(str(out), time.perf_counter() - t0)
-    finally:
-        plan.close()
+    steps = run_prediction(image, model, out, RunOptions.of(options, **changes), level=level, region=region,
+                           mask=mask, overwrite=overwrite, cancel=cancel)
+    return drain(steps, block_progress(progress))
 
 
 def _check_region(region: tuple[int, int, int, int], bounds: Box) -> Box:
@@ -267,70 +319,86 @@ def _mask_digest(mask: Any) -> str:
 
 
 class BlockJob:
-    """One run's blocks: locally a pipeline (prefetching reader thread -> model -> writer threads -> journal);
-    on a cluster each worker calls :meth:`predict_block` for the blocks it is given."""
+    """One run's blocks: locally a pipeline (prefetching reader thread -> model thread -> writer threads -> journal),
+    whose :meth:`run` yields each written block in order; on a cluster each worker calls :meth:`predict_block` for
+    the blocks it is given. The model runs on the plan's device with its options' batch."""
 
-    def __init__(self, plan: PredictionPlan, runner: TileRunner, cancel: CancelToken | None = None,
-                 progress: Progress | None = None, *, live_pyramid: bool = False) -> None:
-        self.plan, self.runner = plan, runner
+    def __init__(self, plan: PredictionPlan, cancel: CancelToken | None = None) -> None:
+        options = plan.options
+        self.plan, self.runner = plan, TileRunner(plan.net, device=options.device, precision=options.precision,
+                                                  batch=options.batch_for())
         self.source, self.layout, self.spec = plan.source, plan.layout, plan.spec
         self.adapt = channel_adapter(plan.source.channels, plan.net.in_channels, plan.source.name)
         self.classify, self.stride = plan.classify, plan.stride
-        self.cancel, self.progress = cancel or CancelToken(), progress
-        self.total, self.done = len(plan.todo) + plan.skipped, plan.skipped
-        self.pixels = self.tiles = self.written = 0
-        self.cancelled = False
-        self.live_pyramid = live_pyramid
-        self._lock = threading.Lock()
+        self.cancel = CancelToken(parent=cancel)  # also set when the consumer stops the run early
+        self.counts = RunCounts()
 
-    def predict_block(self, index: tuple[int, int], box: Box, want: Box) -> None:
-        """Read, predict and write one block, then record it in the journal (no threads of its own)."""
+    def predict_block(self, index: tuple[int, int], box: Box, want: Box) -> RunCounts:
+        """Read, predict and write one block, then record it in the journal (no threads of its own); returns what it
+        added up to."""
         context = self._context(box, want)
-        outputs = self._compute(box, want, self._read(context), context)
-        self._write(index, box, outputs)
-        with self._lock:
-            self.pixels += want.shape[0] * want.shape[1]
-
-    def result(self, path: str, seconds: float) -> PredictionResult:
-        return PredictionResult(
-            path=path, task=self.plan.net.task, pixels=self.pixels, seconds=seconds, tiles=self.tiles,
-            tile_pixels=self.runner.tile_pixels, blocks_done=self.written, blocks_skipped=self.plan.skipped,
-            blocks_total=self.total, cancelled=self.cancelled, layout=self.layout,
-            input_range=self.source.input_range,
-        )
+        arrays, counts = self._compute(box, want, self._read(context), context)
+        self._write(index, box, arrays)
+        return counts
 
     # -------------------------------------------------------------- pipeline
-    def run(self, todo: list[tuple[tuple[int, int], Box, Box]], prefetch: int) -> None:
+    def run(self) -> Generator[BlockWritten, None, RunCounts]:
+        """Predict the plan's blocks: yields a :class:`BlockWritten` as each one is written and journalled, in
+        order, while the next ones are read, predicted and written; returns the counts. Cancelling stops between
+        two tile batches, after the blocks in flight are written; closing the generator early does the same."""
+        todo, prefetch = self.plan.todo, self.plan.options.prefetch
+        total, done = len(todo) + self.plan.skipped, self.plan.skipped
         inbox: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        landed: queue.SimpleQueue = queue.SimpleQueue()  # (write future, counts, box) in block order; then None
         stop = threading.Event()
         reader = threading.Thread(target=self._read_all, args=(todo, inbox, stop), name="hires-reader", daemon=True)
-        reader.start()
-        pending: list[Future] = []
-        try:
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hires-writer") as writers:
-                for _ in range(len(todo)):
-                    item = inbox.get()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hires-writer") as writers:
+            model = threading.Thread(target=self._compute_all, args=(len(todo), inbox, stop, writers, landed),
+                                     name="hires-model", daemon=True)
+            reader.start()
+            model.start()
+            try:
+                while (item := landed.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
-                    index, box, want, pixels, context = item
+                    future, counts, box = item
+                    future.result()
+                    self.counts.add(counts)
+                    done += 1
+                    yield BlockWritten(done, total, box)
+            finally:
+                self.cancel.cancel()  # a no-op when all is done; else the model stops between two batches
+                stop.set()
+                model.join()
+                while reader.is_alive():  # unblock a reader waiting on a full queue
                     try:
-                        outputs = self._compute(box, want, pixels, context)
-                    except Cancelled:
-                        self.cancelled = True
-                        break
-                    while len(pending) >= 2:  # bound computed-but-unwritten blocks (and surface write errors)
-                        pending.pop(0).result()
-                    pending.append(writers.submit(self._write, index, box, outputs))
-                    self.pixels += want.shape[0] * want.shape[1]
-                for f in pending:
-                    f.result()
+                        inbox.get_nowait()
+                    except queue.Empty:
+                        reader.join(0.05)
+        return self.counts
+
+    def _compute_all(self, count: int, inbox: queue.Queue, stop: threading.Event, writers: ThreadPoolExecutor,
+                     landed: queue.SimpleQueue) -> None:
+        """The model thread: blocks from the reader through the model to the writers, a bounded number of them
+        computed but not yet written; each block's write is handed on in order, then None."""
+        pending: list[Future] = []
+        try:
+            for _ in range(count):
+                item = _take(inbox, stop)
+                if item is None:
+                    return
+                index, box, want, pixels, context = item
+                arrays, counts = self._compute(box, want, pixels, context)
+                while len(pending) >= 2:  # bound computed-but-unwritten blocks (and surface write errors)
+                    pending.pop(0).result()
+                pending.append(writers.submit(self._write, index, box, arrays))
+                landed.put((pending[-1], counts, box))
+        except Cancelled:
+            return
+        except BaseException as err:  # handed to the generator, which re-raises it
+            landed.put(err)
         finally:
-            stop.set()
-            while reader.is_alive():  # unblock a reader waiting on a full queue
-                try:
-                    inbox.get_nowait()
-                except queue.Empty:
-                    reader.join(0.05)
+            landed.put(None)
 
     def _read_all(self, todo, inbox: queue.Queue, stop: threading.Event) -> None:
         try:
@@ -358,17 +426,20 @@ class BlockJob:
     def _read(self, context: Box) -> np.ndarray:
         return read_padded(self.source, context, self.adapt)
 
-    def _compute(self, box: Box, want: Box, pixels: np.ndarray, context: Box) -> list[np.ndarray]:
+    def _compute(self, box: Box, want: Box, pixels: np.ndarray, context: Box) -> tuple[list[np.ndarray], RunCounts]:
         """The block's arrays as stored (one per output image, NGFF axis order), padded to the whole block where
-        the scope cut it."""
+        the scope cut it, and what the block adds up to."""
+        before = self.runner.tile_pixels
+
+        def counts(tiles: int) -> RunCounts:
+            return RunCounts(want.shape[0] * want.shape[1], tiles, self.runner.tile_pixels - before, 1)
+
         if self.classify:
             heat, n = classify_pixels(self.runner, pixels, box.shape, self.layout, self.cancel,
                                       self.source.input_range)
-            self.tiles += n
-            return [heat]
+            return [heat], counts(n)
         out, n = self.runner.predict_region(pixels, context, self.source.bounds, self.layout, self.cancel,
                                             self.source.input_range)
-        self.tiles += n
         out = out[:, want.y0 - context.y0:want.y1 - context.y0, want.x0 - context.x0:want.x1 - context.x0]
         pad = ((want.y0 - box.y0, box.y1 - want.y1), (want.x0 - box.x0, box.x1 - want.x1))
         values = dense_output(out, self.runner.task, self.source.dtype)
@@ -377,16 +448,23 @@ class BlockJob:
         arrays = [np.pad(values, ((0, 0),) * (values.ndim - 2) + pad)]
         if self.runner.task == "segmentation" and len(self.spec.stores) > 1:
             arrays.append(np.pad(out.half().cpu().numpy(), ((0, 0),) + pad))
-        return arrays
+        return arrays, counts(n)
 
     def _write(self, index: tuple[int, int], box: Box, arrays: list[np.ndarray]) -> None:
         self.spec.write_block(box, arrays)
-        if self.live_pyramid:
+        if self.plan.options.live_pyramid:
             self.spec.update_levels(box)
         self.spec.mark_done(index)
-        with self._lock:
-            self.written += 1
-            self.done += 1
-            done = self.done
-        if self.progress is not None:
-            self.progress(done, self.total, box)
+
+
+def _take(inbox: queue.Queue, stop: threading.Event) -> Any:
+    """The reader's next block (re-raising its error), or None once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            item = inbox.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if isinstance(item, BaseException):
+            raise item
+        return item
+    return None

@@ -40,20 +40,22 @@ class Cancelled(Exception):
 
 
 class CancelToken:
-    """Set from any thread (a Cancel button, a signal handler); runs check it between batches."""
+    """Set from any thread (a Cancel button, a signal handler); runs check it between batches. A token made with a
+    ``parent`` is cancelled with it too (a run stopping its own work without cancelling the caller's token)."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: "CancelToken | None" = None) -> None:
         self._event = threading.Event()
+        self._parent = parent
 
     def cancel(self) -> None:
         self._event.set()
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._event.is_set() or (self._parent is not None and self._parent.cancelled)
 
     def check(self) -> None:
-        if self._event.is_set():
+        if self.cancelled:
             raise Cancelled()
 
 

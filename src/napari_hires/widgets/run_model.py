@@ -10,7 +10,6 @@ CancelToken; running again with the same settings resumes, as the engine skips t
 from __future__ import annotations
 
 import os
-import queue
 import tempfile
 import threading
 import time
@@ -28,8 +27,6 @@ from napari_hires.widgets._status import USER_ERRORS, message_rows, report_error
 SCOPES = ("whole image", "visible region", "Shapes rectangle")
 REFRESH_MS = 250  # layer and progress refresh while running
 ESTIMATE_DEBOUNCE_MS = 400
-AUTO_BATCH = {"cpu": 2}  # any accelerator: GPU_BATCH
-GPU_BATCH = 8
 #: Parameter counts of the models built so far in this process (building every model just to label it is slow).
 _sizes: dict[str, int] = {}
 
@@ -44,52 +41,13 @@ def registry_model(name: str) -> Any:
     return model
 
 
-def auto_batch(device: str) -> int:
-    """Tiles per batch when the user leaves it on auto: small on a CPU, larger on an accelerator."""
-    from napari_hires.engine.device import resolve_device
+def run_steps(image: Any, model: Any, out: str, options: Any, *, region: _layers.Region | None, overwrite: bool,
+              cancel: Any) -> Generator[Any, None, Any]:
+    """The engine's run as the generator a napari worker drives (no thread of its own): yields Planned, then
+    BlockWritten per block and Finishing; returns the PredictionResult. ``options``: a RunOptions."""
+    from napari_hires.engine import run_prediction
 
-    kind = resolve_device(device).type
-    return AUTO_BATCH.get(kind, GPU_BATCH)
-
-
-def run_steps(image: Any, model: Any, out: str, *, region: _layers.Region | None, tile: int | None,
-              overlap: int | None, batch: int, device: str, precision: str, overwrite: bool, cancel: Any,
-              prefetch: int = 2) -> Generator[tuple, None, Any]:
-    """A prediction as a generator: yields ("plan", plan) once the store exists, ("block", done, total, box) per
-    written block and ("finishing",) before the coarser levels and metadata; returns the PredictionResult."""
-    from napari_hires.engine import BlockJob, TileRunner, plan_prediction
-
-    start = time.perf_counter()
-    plan = plan_prediction(image, model, out, region=region, tile=tile, overlap=overlap, overwrite=overwrite)
-    try:
-        yield ("plan", plan)
-        runner = TileRunner(plan.net, device=device, precision=precision, batch=batch)
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        job = BlockJob(plan, runner, cancel, lambda done, total, box: events.put(("block", done, total, box)),
-                       live_pyramid=True)
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                job.run(plan.todo, prefetch)
-            except BaseException as err:  # re-raised in the worker below, where napari reports it
-                failure.append(err)
-            finally:
-                events.put(None)
-
-        thread = threading.Thread(target=work, name="hires-run-blocks", daemon=True)
-        thread.start()
-        while (event := events.get()) is not None:
-            yield event
-        thread.join()
-        if failure:
-            raise failure[0]
-        if not job.cancelled and not plan.complete:
-            yield ("finishing",)
-            plan.spec.finish()
-        return job.result(str(out), time.perf_counter() - start)
-    finally:
-        plan.close()  # the output is free for other runs however this one ends
+    return run_prediction(image, model, out, options, region=region, overwrite=overwrite, cancel=cancel)
 
 
 class RunModelWidget(DockWidget):
@@ -251,10 +209,13 @@ class RunModelWidget(DockWidget):
         _layers.check_plane(layer)
         self.chosen_model()  # a missing model file says so
         region = self._region(layer)
+        from napari_hires.engine.options import RunOptions
+
+        options = RunOptions(tile=self.tile.value or None, overlap=self.overlap.value or None,
+                             batch=self.batch.value or None, device=self.device.value,
+                             precision=self.precision.value, live_pyramid=True)
         return dict(layer=layer, model=self.model.value, model_file=str(self.model_file.value), region=region,
-                    tile=self.tile.value or None, overlap=self.overlap.value or None,
-                    batch=self.batch.value or auto_batch(self.device.value), device=self.device.value,
-                    precision=self.precision.value)
+                    options=options)
 
     def _region(self, layer: Any) -> _layers.Region | None:
         if self.scope.value == SCOPES[0]:
@@ -298,16 +259,15 @@ class RunModelWidget(DockWidget):
 
     def _estimate_job(self, settings: dict, shape: tuple[int, int], dtype: Any) -> tuple[Any, str]:
         from napari_hires.engine.estimate import estimate_run
-        from napari_hires.engine.tiling import layout_for
+        from napari_hires.engine.options import RunOptions
 
         net = self.load_model(settings["model"], settings["model_file"])
-        est = estimate_run(shape, dtype, net,
-                           region=settings["region"], tile=settings["tile"], overlap=settings["overlap"],
-                           batch=settings["batch"], device=settings["device"], precision=settings["precision"])
-        default = layout_for(net)
-        auto = (f"tile {default.tile}, overlap {default.overlap}, batch {auto_batch(settings['device'])}"
+        options = settings["options"]
+        est = estimate_run(shape, dtype, net, options, region=settings["region"])
+        auto = RunOptions(device=options.device).resolved(net)
+        text = (f"tile {auto.layout.tile}, overlap {auto.layout.overlap}, batch {auto.batch}"
                 f" · {net.task}, {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M params")
-        return est, auto
+        return est, text
 
     def _on_estimate(self, result: tuple[Any, str]) -> None:
         est, auto = result
@@ -365,25 +325,23 @@ class RunModelWidget(DockWidget):
         self.run_job(self._run_job, settings, out, overwrite, token, token=token, status="preparing...",
                      yielded=self._on_event, returned=self._on_result, errored=self._on_error)
 
-    def _run_job(self, settings: dict, out: str, overwrite: bool, cancel: Any) -> Generator[tuple, None, Any]:
+    def _run_job(self, settings: dict, out: str, overwrite: bool, cancel: Any) -> Generator[Any, None, Any]:
         net = self.load_model(settings["model"], settings["model_file"])
         image = _layers.engine_input(settings["layer"])
-        return (yield from run_steps(
-            image, net, out, region=settings["region"], tile=settings["tile"], overlap=settings["overlap"],
-            batch=settings["batch"], device=settings["device"], precision=settings["precision"],
-            overwrite=overwrite, cancel=cancel,
-        ))
+        return (yield from run_steps(image, net, out, settings["options"], region=settings["region"],
+                                     overwrite=overwrite, cancel=cancel))
 
-    def _on_event(self, event: tuple) -> None:
-        kind = event[0]
-        if kind == "plan":
-            self._add_layers(event[1])
-        elif kind == "block":
-            self._progress_state = (event[1], event[2])
-            box = event[3]
+    def _on_event(self, event: Any) -> None:
+        from napari_hires.engine.events import BlockWritten, Finishing, Planned
+
+        if isinstance(event, Planned):
+            self._add_layers(event.plan)
+        elif isinstance(event, BlockWritten):
+            self._progress_state = (event.done, event.total)
+            box = event.box
             self._pixels_written += (box.y1 - box.y0) * (box.x1 - box.x0)
             self._dirty = True
-        elif kind == "finishing":
+        elif isinstance(event, Finishing):
             self.status.value = "writing the coarser levels and metadata..."
 
     def _add_layers(self, plan: Any) -> None:
