@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
     from napari_hires.errors import HiresError
     from napari_hires.io.readers import open_image
-    from napari_hires.training import TrainSettings, fine_tune, train_self_supervised
+    from napari_hires.training import fine_tune, train_self_supervised
     from napari_hires.training.sampling import convention_note
 
-    settings = TrainSettings(steps=args.steps, batch=args.batch, tile=args.tile, lr=args.lr, device=args.device,
-                             seed=args.seed)
+    settings = train_settings(args)
     regions = [tuple(args.region)] if args.region else None
     image = open_image(args.image)
 
@@ -39,6 +39,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_settings(args: argparse.Namespace) -> Any:
+    """The TrainSettings of the command line: a flag left out (None) keeps TrainSettings' default."""
+    from dataclasses import fields
+
+    from napari_hires.training import TrainSettings
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainSettings) if getattr(args, f.name, None) is not None}
+    return TrainSettings(**given)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``train`` sub-command."""
     p = sub.add_parser("train", help="fine-tune a model on corrected labels, or train a denoiser self-supervised")
@@ -59,12 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--region", nargs=4, type=int, metavar=("Y0", "Y1", "X0", "X1"),
                    help="train only on this level-0 region")
     p.add_argument("--level", type=int, default=0, help="pyramid level to train on")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 200)")
+    p.add_argument("--batch", type=int, default=None, help="tiles per step (default: 8)")
+    p.add_argument("--tile", type=int, default=None, help="training tile side in pixels (default: 256)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.001)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    p.add_argument("--device", default=None, help="auto (the default), cuda, mps or cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no loss per step")
     p.set_defaults(func=run)

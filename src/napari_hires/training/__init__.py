@@ -14,11 +14,19 @@ from napari_hires.training.evaluate import (
     predict_box,
     psnr,
 )
-from napari_hires.training.loop import StepInfo, TrainResult, TrainSettings, train
+from napari_hires.training.loop import StepInfo, TrainResult, TrainSettings, train, training_steps
 from napari_hires.training.losses import restoration_objective, segmentation_objective
 from napari_hires.training.sampling import IGNORE_INDEX, Patch, TileSampler, read_patches, to_classes
 from napari_hires.training.selfsupervised import blind_spot_mask, blind_spot_objective
-from napari_hires.training.trainer import TrainingJob, fine_tune, save_trained, train_self_supervised, trained_card
+from napari_hires.training.trainer import (
+    TrainingJob,
+    fine_tune,
+    fine_tune_steps,
+    save_trained,
+    self_supervised_steps,
+    train_self_supervised,
+    trained_card,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -35,6 +43,7 @@ __all__ = [
     "evaluate_restoration",
     "evaluate_segmentation",
     "fine_tune",
+    "fine_tune_steps",
     "mean_dice",
     "predict_box",
     "psnr",
@@ -42,8 +51,10 @@ __all__ = [
     "restoration_objective",
     "save_trained",
     "segmentation_objective",
+    "self_supervised_steps",
     "to_classes",
     "train",
     "train_self_supervised",
     "trained_card",
+    "training_steps",
 ]

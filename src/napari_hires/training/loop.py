@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Generator
 
 import numpy as np
 import torch
 
 from napari_hires.engine.device import autocast
+from napari_hires.engine.events import drain
 from napari_hires.engine.runner import CancelToken, TileRunner
 from napari_hires.errors import HiresError
 from napari_hires.models.base import HiresModel
@@ -24,9 +25,10 @@ from napari_hires.training.losses import Objective
 from napari_hires.training.sampling import TileSampler
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
-    """How long and how to train; all of it goes into the model card's provenance."""
+    """How long and how to train; all of it goes into the model card's provenance. The one source of the training
+    defaults, for the API, ``napari-hires train`` (flags left out keep these) and the Fine-tune widget's form."""
 
     steps: int = 200
     batch: int = 8
@@ -106,7 +108,20 @@ def train(
     callback: Callable[[StepInfo], None] | None = None,
     cancel: CancelToken | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on tiles from ``sampler``; stops early (``cancelled``) when ``cancel`` is set.
+    """Train ``model`` in place on tiles from ``sampler``; stops early (``cancelled``) when ``cancel`` is set;
+    ``callback`` hears each step. Drains :func:`training_steps`."""
+    return drain(training_steps(model, sampler, objective, settings, cancel=cancel), callback)
+
+
+def training_steps(
+    model: HiresModel,
+    sampler: TileSampler,
+    objective: Objective,
+    settings: TrainSettings,
+    *,
+    cancel: CancelToken | None = None,
+) -> Generator[StepInfo, None, TrainResult]:
+    """Training as a generator: yields a :class:`StepInfo` after each step, returns the :class:`TrainResult`.
 
     Deterministic on the CPU for a given ``settings.seed``. The model is left in eval mode on the training device.
     """
@@ -142,8 +157,7 @@ def train(
             lr = opt.param_groups[0]["lr"]
             sched.step()
             result.losses.append(float(loss.detach()))
-            if callback is not None:
-                callback(StepInfo(step + 1, settings.steps, result.losses[-1], lr, time.perf_counter() - t0))
+            yield StepInfo(step + 1, settings.steps, result.losses[-1], lr, time.perf_counter() - t0)
         if not result.cancelled and settings.bn_batches:
             recalibrate_batchnorm(model, runner, sampler, settings.bn_batches, settings.batch, rng)
     finally:

@@ -1,7 +1,9 @@
 """Whole training jobs, headless: fine-tune on corrected labels, or learn to denoise an image on its own.
 
-The CLI (``napari-hires train``) and the widget call these; they read the regions, train, and save a model file
-whose card records where the weights came from (base model, data, regions, settings, losses).
+Each job reads the regions, trains, and saves a model file whose card records where the weights came from (base
+model, data, regions, settings, losses). A job is a generator of training steps (``fine_tune_steps``,
+``self_supervised_steps``) that the API and ``napari-hires train`` drain (``fine_tune``, ``train_self_supervised``)
+and the Fine-tune widget hands to napari's worker.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
+from napari_hires.engine.events import drain
 from napari_hires.engine.runner import CancelToken
 from napari_hires.errors import HiresError, OutputExistsError
 from napari_hires.models.base import HiresModel
 from napari_hires.models.card import ModelCard
 from napari_hires.models.registry import create_model, untrained_note
-from napari_hires.training.loop import StepInfo, TrainResult, TrainSettings, settings_record, train
+from napari_hires.training.loop import StepInfo, TrainResult, TrainSettings, settings_record, training_steps
 from napari_hires.training.losses import segmentation_objective
 from napari_hires.training.sampling import IGNORE_INDEX, Region, TileSampler, read_patches
 from napari_hires.training.selfsupervised import MASK_RATIO, blind_spot_objective
@@ -115,8 +118,28 @@ def fine_tune(
 
     Unlabelled pixels (``ignore_index``, or 0 with ``zero_is_unlabelled``) are left out of the loss; left ``None``,
     the convention is decided from the labels, and scribble-like ones are refused (``sampling.zero_convention``).
-    A cancelled job saves nothing.
+    ``callback`` hears each step. A cancelled job saves nothing. Drains :func:`fine_tune_steps`.
     """
+    return drain(fine_tune_steps(image, labels, model, out, level=level, regions=regions, ignore_index=ignore_index,
+                                 zero_is_unlabelled=zero_is_unlabelled, settings=settings, cancel=cancel,
+                                 overwrite=overwrite), callback)
+
+
+def fine_tune_steps(
+    image: Any,
+    labels: Any,
+    model: str | os.PathLike | HiresModel,
+    out: str | os.PathLike | None = None,
+    *,
+    level: int = 0,
+    regions: Sequence[Region] | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    zero_is_unlabelled: bool | None = None,
+    settings: TrainSettings | None = None,
+    cancel: CancelToken | None = None,
+    overwrite: bool = False,
+) -> Generator[StepInfo, None, TrainingJob]:
+    """:func:`fine_tune` as a generator: yields each step's :class:`StepInfo`, returns the :class:`TrainingJob`."""
     settings = settings or TrainSettings()
     settings.check()
     _check_out(out, overwrite, [image, labels, model])
@@ -129,8 +152,8 @@ def fine_tune(
         net.name, "fine-tuning started from random weights, which needs far more labels and steps than trained ones")
     patches = read_patches(image, labels, level=level, regions=regions, num_classes=net.out_channels,
                            ignore_index=ignore_index, zero_is_unlabelled=zero_is_unlabelled, seed=settings.seed)
-    result = train(net, TileSampler(patches, settings.tile), segmentation_objective(), settings,
-                   callback=callback, cancel=cancel)
+    result = yield from training_steps(net, TileSampler(patches, settings.tile), segmentation_objective(), settings,
+                                       cancel=cancel)
     path = None
     if out is not None and not result.cancelled:
         provenance = {
@@ -165,8 +188,27 @@ def train_self_supervised(
     """Train a restoration model (a small MAXIM by default) to denoise ``image`` from the image alone (blind spot).
 
     Tiles come from ``regions`` (level-0 boxes) of the pyramid ``level``, or random windows of it. No intensity
-    jitter: it would change the noise the model learns to remove. A cancelled job saves nothing.
+    jitter: it would change the noise the model learns to remove. ``callback`` hears each step. A cancelled job
+    saves nothing. Drains :func:`self_supervised_steps`.
     """
+    return drain(self_supervised_steps(image, model, out, level=level, regions=regions, mask_ratio=mask_ratio,
+                                       settings=settings, cancel=cancel, overwrite=overwrite), callback)
+
+
+def self_supervised_steps(
+    image: Any,
+    model: str | os.PathLike | HiresModel | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    level: int = 0,
+    regions: Sequence[Region] | None = None,
+    mask_ratio: float = MASK_RATIO,
+    settings: TrainSettings | None = None,
+    cancel: CancelToken | None = None,
+    overwrite: bool = False,
+) -> Generator[StepInfo, None, TrainingJob]:
+    """:func:`train_self_supervised` as a generator: yields each step's :class:`StepInfo`, returns the
+    :class:`TrainingJob`."""
     settings = replace(settings or TrainSettings(), intensity=False)
     settings.check()
     _check_out(out, overwrite, [image, model])
@@ -177,8 +219,8 @@ def train_self_supervised(
         raise HiresError(f"{base} is a {net.task} model; self-supervised "
                          "training needs a restoration model such as maxim_nano")
     patches = read_patches(image, None, level=level, regions=regions, seed=settings.seed)
-    result = train(net, TileSampler(patches, settings.tile), blind_spot_objective(mask_ratio), settings,
-                   callback=callback, cancel=cancel)
+    result = yield from training_steps(net, TileSampler(patches, settings.tile), blind_spot_objective(mask_ratio),
+                                       settings, cancel=cancel)
     path = None
     if out is not None and not result.cancelled:
         provenance = {

@@ -10,9 +10,7 @@ Cancel stops between two steps and writes no model file; the file is written onl
 from __future__ import annotations
 
 import math
-import queue
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generator
@@ -165,39 +163,17 @@ def read_training_data(request: TrainRequest) -> tuple[np.ndarray, np.ndarray | 
 
 
 def train_steps(request: TrainRequest) -> Generator[Any, None, Any]:
-    """A training run as a generator: yields each step's StepInfo, returns the TrainingJob (model file written
-    only when not cancelled)."""
-    from napari_hires.training import fine_tune, train_self_supervised
+    """A training run as the generator a napari worker drives (no thread of its own): reads the region, then yields
+    each step's StepInfo; returns the TrainingJob (model file written only when not cancelled)."""
+    from napari_hires.training import fine_tune_steps, self_supervised_steps
 
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    done: list[Any] = []
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            image, labels = read_training_data(request)
-            if labels is None:
-                done.append(train_self_supervised(image, request.model, request.out, settings=request.settings,
-                                                  callback=events.put, cancel=request.cancel,
-                                                  overwrite=request.overwrite))
-            else:
-                done.append(fine_tune(image, labels, request.model, request.out,
-                                      zero_is_unlabelled=request.zero_is_unlabelled, settings=request.settings,
-                                      callback=events.put, cancel=request.cancel,
-                                      overwrite=request.overwrite))
-        except BaseException as err:  # re-raised in the worker, where napari reports it
-            failure.append(err)
-        finally:
-            events.put(None)
-
-    thread = threading.Thread(target=work, name="hires-train", daemon=True)
-    thread.start()
-    while (step := events.get()) is not None:
-        yield step
-    thread.join()
-    if failure:
-        raise failure[0]
-    return done[0]
+    image, labels = read_training_data(request)
+    if labels is None:
+        return (yield from self_supervised_steps(image, request.model, request.out, settings=request.settings,
+                                                 cancel=request.cancel, overwrite=request.overwrite))
+    return (yield from fine_tune_steps(image, labels, request.model, request.out,
+                                       zero_is_unlabelled=request.zero_is_unlabelled, settings=request.settings,
+                                       cancel=request.cancel, overwrite=request.overwrite))
 
 
 def predict_region(image: Any, model: Any, out: str, region: _layers.Region, device: str, cancel: Any = None) -> Any:
@@ -205,8 +181,7 @@ def predict_region(image: Any, model: Any, out: str, region: _layers.Region, dev
     returns the PredictionResult."""
     from napari_hires.engine import predict
 
-    return predict(image, model, out, region=region, device=device, batch=4 if device != "cpu" else 2,
-                   cancel=cancel)
+    return predict(image, model, out, region=region, device=device, cancel=cancel)
 
 
 def _model_file_taken(path: Path) -> bool:
@@ -223,6 +198,7 @@ class TrainWidget(DockWidget):
         from napari.layers import Image, Labels, Shapes
 
         from napari_hires.models import list_models
+        from napari_hires.training import TrainSettings
 
         self._names = {task: list_models(task=task, aliases=False) for task in ("segmentation", "restoration")}
         self.mode = ComboBox(label="mode", choices=list(MODES), value=MODES[0])
@@ -237,11 +213,12 @@ class TrainWidget(DockWidget):
         self.shapes = self.layer_choice("rectangle", Shapes, nullable=True, visible=False,
                                         tooltip="the selected (else the first) shape of this Shapes layer")
         self.model_section(self._model_choices())
-        self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
-        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
+        defaults = TrainSettings()  # the form starts where the API and the CLI do
+        self.steps = SpinBox(label="steps", min=1, max=100_000, value=defaults.steps)
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=defaults.lr)
         self.lr.native.setDecimals(6)
-        self.batch = SpinBox(label="batch", min=1, max=256, value=4)
-        self.tile = SpinBox(label="tile", min=16, max=2048, step=16, value=128)
+        self.batch = SpinBox(label="batch", min=1, max=256, value=defaults.batch)
+        self.tile = SpinBox(label="tile", min=16, max=2048, step=16, value=defaults.tile)
         self.device = self.device_choice()
         self.output_choice("save model to", "*.safetensors",
                            "NAME.safetensors with its NAME.json card, written when training finishes")
