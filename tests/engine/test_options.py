@@ -62,3 +62,7 @@ def test_the_cli_without_a_tile_uses_the_models_tile():
     net = create_model("xt_nano_seg")
     args = build_parser().parse_args(["predict", "in.zarr", "out.zarr", "--model", "xt_nano_seg"])
     assert run_options(args).resolved(net).layout.tile == net.tile_size
+
+
+def test_the_live_preview_runs_one_tile_per_batch_on_a_cpu():
+    assert auto_batch("cpu", preview=True) == 1 and auto_batch("cpu") == 2

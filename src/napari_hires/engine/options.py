@@ -17,13 +17,20 @@ from napari_hires.errors import HiresError
 #: an accelerator (which out-of-memory halving brings down where it must).
 AUTO_BATCH = {"cpu": 2}
 ACCELERATOR_BATCH = 8
+#: The live preview's batches: one tile on a CPU, so that work for a view the user has left stops sooner.
+PREVIEW_BATCH = {"cpu": 1}
+PREVIEW_ACCELERATOR_BATCH = 4
 
 
-def auto_batch(device: str = "auto") -> int:
-    """Tiles per batch on ``device`` ("auto", "cpu", "cuda", ...) when the user leaves the batch automatic."""
+def auto_batch(device: str = "auto", *, preview: bool = False) -> int:
+    """Tiles per batch on ``device`` ("auto", "cpu", "cuda", ...) when the user leaves the batch automatic, for a
+    run or (``preview``) for the live preview."""
     from napari_hires.engine.device import resolve_device
 
-    return AUTO_BATCH.get(resolve_device(device).type, ACCELERATOR_BATCH)
+    kind = resolve_device(device).type
+    if preview:
+        return PREVIEW_BATCH.get(kind, PREVIEW_ACCELERATOR_BATCH)
+    return AUTO_BATCH.get(kind, ACCELERATOR_BATCH)
 
 
 @dataclass(frozen=True)

@@ -52,14 +52,12 @@ def layer_pyramid(layer: Any) -> Pyramid:
 
 def build_service(pyramid: Pyramid, model: str, device: str) -> Any:
     """Load ``model`` (a registered name or a model file) on ``device`` and start a PreviewService over ``pyramid``."""
-    from napari_hires.engine import PreviewService, TileRunner, resolve_model
-    from napari_hires.engine.device import resolve_device
+    from napari_hires.engine import PreviewService, TileRunner, auto_batch, resolve_model
 
     net = resolve_model(model)
     if net.task != "restoration":
         raise HiresError(f"{model} is a {net.task} model; the preview needs a restoration model (e.g. maxim_nano)")
-    batch = 1 if resolve_device(device).type == "cpu" else 4  # on a CPU, one tile per batch: stale work stops sooner
-    return PreviewService(TileRunner(net, device=device, batch=batch), pyramid)
+    return PreviewService(TileRunner(net, device=device, batch=auto_batch(device, preview=True)), pyramid)
 
 
 def level_box(layer: Any, level: int, region: _layers.Region) -> tuple[int, int, int, int]:
