@@ -34,26 +34,11 @@ __all__ = ["BLOCK_SIDE", "MAX_IN_FLIGHT", "OmeZarrWriter", "add_labels", "write_
 # ---------------------------------------------------------------------------------------------------- public
 
 
-def write_ome_zarr(
-    image: Pyramid,
-    out: str | os.PathLike,
-    *,
-    labels: dict[str, Pyramid] | None = None,
-    chunk: int = 512,
-    shard: int | None = None,
-    derive_levels: bool = False,
-    overwrite: bool = False,
-    progress: Progress = False,
-    min_size: int = 256,
-) -> str:
-    """Write image (and label images under labels/NAME) as an OME-Zarr 0.5 (zarr v3) store, block by block.
-
-    With ``derive_levels`` only level 0 of each Pyramid is read and coarser levels are computed from the written
-    level above (mean for images, mode for labels) until y and x are both <= ``min_size``; otherwise every level is
-    written as given. Returns the output path.
-    """
-    writer = OmeZarrWriter(image, out, labels=labels, chunk=chunk, shard=shard, derive_levels=derive_levels,
-                           overwrite=overwrite, min_size=min_size)
+def write_ome_zarr(image: Pyramid, out: str | os.PathLike, *, progress: Progress = False, **options: Any) -> str:
+    """Write image (and label images under labels/NAME) as an OME-Zarr 0.5 (zarr v3) store, block by block, and
+    finish it; ``options`` are :class:`OmeZarrWriter`'s (``labels``, ``chunk``, ``shard``, ``derive_levels``,
+    ``overwrite``, ``min_size``). Returns the output path."""
+    writer = OmeZarrWriter(image, out, **options)
     writer.write(progress=progress)
     writer.finish()
     return str(writer.out)
@@ -66,7 +51,9 @@ class OmeZarrWriter:
     store left unfinished by the same ``run`` is reopened instead of refused, so that a killed job can resume (the
     caller decides which level-0 blocks are still to do, see :mod:`napari_hires.engine`), and one it completed is
     reopened read-only as ``complete``; a store of another run is refused naming what differs. The output is
-    checked (:mod:`napari_hires.io.output_path`) before anything is written.
+    checked (:mod:`napari_hires.io.output_path`) before anything is written. With ``derive_levels`` only level 0
+    of each Pyramid is read and coarser levels are computed from the written level above (mean for images, mode for
+    labels) until y and x are both <= ``min_size``; otherwise every level is written as given.
     """
 
     def __init__(

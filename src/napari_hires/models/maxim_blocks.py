@@ -281,13 +281,18 @@ class UpSampleRatio(nn.Module):
         return self.proj(x)
 
 
-def _multi_axis_groups(features: int, block_size: int, grid_size: int, num_groups: int, input_proj_factor: int,
-                       block_factor: int, grid_factor: int, eps: float) -> nn.ModuleList:
-    """The multi-axis gMLP block of each group of an encoder, decoder or bottleneck block."""
-    return nn.ModuleList(
-        MultiAxisGmlp(features, block_size, grid_size, input_proj_factor, block_factor, grid_factor, eps)
-        for _ in range(num_groups)
-    )
+class _GroupedStage(nn.Module):
+    """What the encoder, decoder and bottleneck blocks begin with: a 1x1 projection to ``features`` and the
+    multi-axis gMLP block of each of their groups."""
+
+    def __init__(self, cin: int, features: int, block_size: int, grid_size: int, num_groups: int,
+                 input_proj_factor: int, block_factor: int, grid_factor: int, eps: float) -> None:
+        super().__init__()
+        self.proj = Conv(cin, features)
+        self.mabs = nn.ModuleList(
+            MultiAxisGmlp(features, block_size, grid_size, input_proj_factor, block_factor, grid_factor, eps)
+            for _ in range(num_groups)
+        )
 
 
 def _residual_groups(x: torch.Tensor, mabs: nn.ModuleList, cabs: nn.ModuleList) -> torch.Tensor:
@@ -298,7 +303,7 @@ def _residual_groups(x: torch.Tensor, mabs: nn.ModuleList, cabs: nn.ModuleList) 
     return x + shortcut
 
 
-class EncoderBlock(nn.Module):
+class EncoderBlock(_GroupedStage):
     """Conv1x1 to ``features``, groups x [MAB, RCAB], long residual, optional CGB with the previous stage, downsample.
 
     Returns ``(down, bridge)`` when downsampling (conv 4x4 stride 2), else the block output.
@@ -309,10 +314,8 @@ class EncoderBlock(nn.Module):
         downsample: bool = True, cross_gating: bool = False, lrelu_slope: float = 0.2, block_factor: int = 2,
         grid_factor: int = 2, input_proj_factor: int = 2, reduction: int = 4, eps: float = LN_EPS,
     ) -> None:
-        super().__init__()
-        self.proj = Conv(cin, features)
-        self.mabs = _multi_axis_groups(features, block_size, grid_size, num_groups, input_proj_factor, block_factor,
-                                       grid_factor, eps)
+        super().__init__(cin, features, block_size, grid_size, num_groups, input_proj_factor, block_factor,
+                         grid_factor, eps)
         self.rcabs = nn.ModuleList(RCAB(features, reduction, lrelu_slope, eps) for _ in range(num_groups))
         self.cross = (
             CrossGatingBlock(features, features, features, block_size, grid_size, False, input_proj_factor, eps)
@@ -346,17 +349,15 @@ class DecoderBlock(nn.Module):
         return self.block(self.up(x), skip)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_GroupedStage):
     """Conv1x1, groups x [MAB, RDCAB], long residual."""
 
     def __init__(
         self, cin: int, features: int, block_size: int, grid_size: int, num_groups: int = 2, block_factor: int = 2,
         grid_factor: int = 2, input_proj_factor: int = 2, reduction: int = 4, eps: float = LN_EPS,
     ) -> None:
-        super().__init__()
-        self.proj = Conv(cin, features)
-        self.mabs = _multi_axis_groups(features, block_size, grid_size, num_groups, input_proj_factor, block_factor,
-                                       grid_factor, eps)
+        super().__init__(cin, features, block_size, grid_size, num_groups, input_proj_factor, block_factor,
+                         grid_factor, eps)
         self.rdcabs = nn.ModuleList(RDCAB(features, reduction, eps) for _ in range(num_groups))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
