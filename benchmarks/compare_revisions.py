@@ -6,7 +6,7 @@
 The other revision is checked out (``git worktree add --detach``) into a temporary folder and removed afterwards.
 Each repetition runs the two trees one after the other, in alternating order, each in a fresh subprocess with its
 own ``src/`` first on the path (after one uncounted warm-up of each), on the same synthetic slide (written once as OME-Zarr) and the same public call,
-``predict(store, model, out, device=..., overwrite=True)``, timed inside the child (imports excluded). The table
+``predict(store, model, out, device=..., overwrite=True)`` (with ``batch`` when ``--batch`` is given), timed inside the child (imports excluded). The table
 gives the medians, after / before, and the machine's noise: the largest spread (max / min) of one tree's own
 repetitions. A row is slower only where its ratio exceeds that noise.
 """
@@ -33,9 +33,10 @@ import json, sys, time, warnings
 warnings.simplefilter("ignore")
 import napari_hires
 from napari_hires.engine import predict
-store, model, out, device = sys.argv[1:5]
+store, model, out, device, batch = sys.argv[1:6]
+settings = dict(batch=int(batch)) if int(batch) else {}  # 0: the tree's own default
 t0 = time.perf_counter()
-result = predict(store, model, out, device=device, overwrite=True)
+result = predict(store, model, out, device=device, overwrite=True, **settings)
 seconds = time.perf_counter() - t0
 print(json.dumps(dict(seconds=seconds, k=result.overlap_factor, blocks=result.blocks_total,
                       tree=napari_hires.__file__)))
@@ -53,12 +54,12 @@ def slide(side: int, folder: Path) -> Path:
     return path
 
 
-def run_child(src: Path, store: Path, model: str, out: Path, device: str, threads: int | None) -> dict:
+def run_child(src: Path, store: Path, model: str, out: Path, device: str, batch: int, threads: int | None) -> dict:
     """One timed predict in a fresh interpreter importing napari_hires from ``src``."""
     env = dict(os.environ, PYTHONPATH=str(src))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(store), model, str(out), device], env=env,
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(store), model, str(out), device, str(batch)], env=env,
                           capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"the child for {src} failed:\n{proc.stderr[-3000:]}")
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="image side in pixels")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per model")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=0, help="tiles per batch in both trees (0: each tree's default)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the children")
     args = parser.parse_args()
 
@@ -89,14 +91,15 @@ def main() -> None:
         trees = {"before": other / "src", "after": HERE / "src"}
         print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
         print(f"before: {args.against} ({rev}); after: this tree; slide {args.size}^2, device {args.device}, "
-              f"{args.reps} interleaved repetitions")
+              f"{args.reps} interleaved repetitions, batch {args.batch or 'each tree default'}")
         rows = []
         for model in [m for m in args.models.split(",") if m]:
             times: dict[str, list[float]] = {"before": [], "after": []}
             for rep in range(args.reps + 1):  # repetition 0 warms the file cache and is not counted
                 order = ("before", "after") if rep % 2 == 0 else ("after", "before")
                 for which in order:
-                    row = run_child(trees[which], store, model, work / "out.zarr", args.device, args.threads)
+                    row = run_child(trees[which], store, model, work / "out.zarr", args.device, args.batch,
+                                    args.threads)
                     if rep:
                         times[which].append(row["seconds"])
                     print(json.dumps(dict(model=model, which=which, **row)), file=sys.stderr, flush=True)

@@ -396,7 +396,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.against:
         compare = [sys.executable, str(Path(__file__).with_name("compare_revisions.py")), "--against", args.against,
-                   "--reps", str(args.reps), "--device", args.device, "--size", str(args.size or 2048)]
+                   "--reps", str(args.reps), "--device", args.device, "--size", str(args.size or 2048),
+                   "--batch", str(args.batch)]
         models = [m for m in args.models.split(",") if m and m != "unet_1m"]
         raise SystemExit(subprocess.call(compare + ["--models", ",".join(models)]))
     if args.child:
