@@ -16,7 +16,7 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Union
+from typing import Any, Callable, Generator, Iterator, Union
 
 import numpy as np
 
@@ -247,13 +247,16 @@ def run_prediction(
     mask: Any = None,
     overwrite: bool = False,
     cancel: CancelToken | None = None,
+    model_thread: bool = True,
 ) -> Generator[RunEvent, None, PredictionResult]:
     """A prediction as a generator (arguments as for :func:`predict`): yields :class:`Planned` once the output store
     exists, :class:`BlockWritten` per written block (in order) and :class:`Finishing` before the coarser levels and
-    metadata; returns the :class:`PredictionResult`. Closing it early stops the run, leaving a resumable store."""
+    metadata; returns the :class:`PredictionResult`. Closing it early stops the run, leaving a resumable store.
+    ``model_thread`` as for :meth:`BlockJob.run` (``predict``, which only drains the run, turns it off)."""
     started = time.perf_counter()
     plan = plan_prediction(image, model, out, options, level=level, region=region, mask=mask, overwrite=overwrite)
-    return (yield from planned_run(plan, str(out), lambda: BlockJob(plan, cancel).run(), started))
+    return (yield from planned_run(plan, str(out), lambda: BlockJob(plan, cancel).run(model_thread=model_thread),
+                                      started))
 
 
 def predict(
@@ -283,7 +286,7 @@ def predict(
     result filling in at every zoom. ``progress(done, total, box)`` hears of each written block.
     """
     steps = run_prediction(image, model, out, RunOptions.of(options, **changes), level=level, region=region,
-                           mask=mask, overwrite=overwrite, cancel=cancel)
+                           mask=mask, overwrite=overwrite, cancel=cancel, model_thread=False)
     return drain(steps, block_progress(progress))
 
 
@@ -342,23 +345,32 @@ class BlockJob:
         return counts
 
     # -------------------------------------------------------------- pipeline
-    def run(self) -> Generator[BlockWritten, None, RunCounts]:
+    def run(self, *, model_thread: bool = True) -> Generator[BlockWritten, None, RunCounts]:
         """Predict the plan's blocks: yields a :class:`BlockWritten` as each one is written and journalled, in
         order, while the next ones are read, predicted and written; returns the counts. Cancelling stops between
-        two tile batches, after the blocks in flight are written; closing the generator early does the same."""
+        two tile batches, after the blocks in flight are written; closing the generator early does the same.
+
+        ``model_thread`` runs the model on a thread of its own, so that each block's event comes as soon as it is
+        written (a widget's progress, Cancel on the first block); without it the model runs on the caller's thread,
+        where torch's intra-op threads work best, and each event comes once the next block is computed (``predict``
+        draining the run)."""
         todo, prefetch = self.plan.todo, self.plan.options.prefetch
         total, done = len(todo) + self.plan.skipped, self.plan.skipped
         inbox: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        landed: queue.SimpleQueue = queue.SimpleQueue()  # (write future, counts, box) in block order; then None
         stop = threading.Event()
         reader = threading.Thread(target=self._read_all, args=(todo, inbox, stop), name="hires-reader", daemon=True)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hires-writer") as writers:
-            model = threading.Thread(target=self._compute_all, args=(len(todo), inbox, stop, writers, landed),
-                                     name="hires-model", daemon=True)
+            computed = self._computed(len(todo), inbox, stop, writers, lag=0 if model_thread else 1)
+            model = None
+            if model_thread:
+                landed: queue.SimpleQueue = queue.SimpleQueue()  # (write future, counts, box) in order; then None
+                model = threading.Thread(target=_hand_on, args=(computed, landed), name="hires-model", daemon=True)
+                computed = iter(landed.get, None)
             reader.start()
-            model.start()
+            if model is not None:
+                model.start()
             try:
-                while (item := landed.get()) is not None:
+                for item in computed:
                     if isinstance(item, BaseException):
                         raise item
                     future, counts, box = item
@@ -369,7 +381,8 @@ class BlockJob:
             finally:
                 self.cancel.cancel()  # a no-op when all is done; else the model stops between two batches
                 stop.set()
-                model.join()
+                if model is not None:
+                    model.join()
                 while reader.is_alive():  # unblock a reader waiting on a full queue
                     try:
                         inbox.get_nowait()
@@ -377,28 +390,29 @@ class BlockJob:
                         reader.join(0.05)
         return self.counts
 
-    def _compute_all(self, count: int, inbox: queue.Queue, stop: threading.Event, writers: ThreadPoolExecutor,
-                     landed: queue.SimpleQueue) -> None:
-        """The model thread: blocks from the reader through the model to the writers, a bounded number of them
-        computed but not yet written; each block's write is handed on in order, then None."""
+    def _computed(self, count: int, inbox: queue.Queue, stop: threading.Event, writers: ThreadPoolExecutor, *,
+                  lag: int) -> Iterator[tuple[Future, RunCounts, Box]]:
+        """Blocks from the reader through the model to the writers, a bounded number of them computed but not yet
+        written; yields each block's write in order, ``lag`` blocks behind the model (so that a consumer on the
+        model's own thread waits on a write only once the next block is computed)."""
         pending: list[Future] = []
+        held: list[tuple[Future, RunCounts, Box]] = []
         try:
             for _ in range(count):
                 item = _take(inbox, stop)
                 if item is None:
-                    return
+                    break
                 index, box, want, pixels, context = item
                 arrays, counts = self._compute(box, want, pixels, context)
                 while len(pending) >= 2:  # bound computed-but-unwritten blocks (and surface write errors)
                     pending.pop(0).result()
                 pending.append(writers.submit(self._write, index, box, arrays))
-                landed.put((pending[-1], counts, box))
+                held.append((pending[-1], counts, box))
+                while len(held) > lag:
+                    yield held.pop(0)
         except Cancelled:
-            return
-        except BaseException as err:  # handed to the generator, which re-raises it
-            landed.put(err)
-        finally:
-            landed.put(None)
+            pass
+        yield from held
 
     def _read_all(self, todo, inbox: queue.Queue, stop: threading.Event) -> None:
         try:
@@ -455,6 +469,18 @@ class BlockJob:
         if self.plan.options.live_pyramid:
             self.spec.update_levels(box)
         self.spec.mark_done(index)
+
+
+def _hand_on(computed: Iterator[Any], landed: queue.SimpleQueue) -> None:
+    """The model thread: every computed block's write into ``landed`` (an error too, for the consumer to raise),
+    then None."""
+    try:
+        for item in computed:
+            landed.put(item)
+    except BaseException as err:  # handed to the generator, which re-raises it
+        landed.put(err)
+    finally:
+        landed.put(None)
 
 
 def _take(inbox: queue.Queue, stop: threading.Event) -> Any:
