@@ -9,17 +9,15 @@ import numpy as np
 import zarr
 
 from napari_hires.engine import BlockWritten, Finishing, Planned, RunOptions, predict, run_prediction
+from napari_hires.engine.events import drain
 
 OPTIONS = RunOptions(tile=64, chunk=64, block=64, device="cpu")  # 300 x 517 px: 5 x 9 = 45 blocks
 
 
 def _events(steps):
+    """The events a run's generator yields, in order, and what it returns (drained as predict drains it)."""
     events = []
-    try:
-        while True:
-            events.append(next(steps))
-    except StopIteration as stop:
-        return events, stop.value
+    return events, drain(steps, events.append)
 
 
 def _same(a, b) -> bool:

@@ -11,6 +11,7 @@ import torch
 
 from napari_hires.cli.main import build_parser
 from napari_hires.cli.train import train_settings
+from napari_hires.engine.events import drain
 from napari_hires.io.synthetic import render_labels, render_region, synthetic_slide
 from napari_hires.models import create_model, load_model
 from napari_hires.training import (
@@ -35,12 +36,9 @@ def _sampler() -> TileSampler:
 
 
 def _run(steps):
+    """The events a run's generator yields, in order, and what it returns (drained as predict drains it)."""
     events = []
-    try:
-        while True:
-            events.append(next(steps))
-    except StopIteration as stop:
-        return events, stop.value
+    return events, drain(steps, events.append)
 
 
 def test_each_step_is_yielded_in_order_and_the_result_returned():
