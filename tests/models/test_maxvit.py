@@ -185,3 +185,42 @@ def test_backbone_strides_match_the_maps_it_returns():
         feats = backbone.forward_features(torch.randn(1, 3, 128, 192))
     assert [f.shape[1] for f in feats] == backbone.feature_channels == [16, 32, 32]
     assert [128 // f.shape[2] for f in feats] == [192 // f.shape[3] for f in feats] == backbone.feature_strides
+
+
+def _stride2_convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+
+
+@pytest.mark.parametrize("size", [(64, 96), (65, 97)])
+def test_published_maxvit_pads_stride_2_convs_as_tensorflow_same(size):
+    """TF "SAME": the odd pixel of padding goes to the bottom/right (even sizes pad 0 top/left, 1 bottom/right)."""
+    model = create_model("maxvit_nano_cls").eval()
+    assert model.config.padding == "same"
+    convs = _stride2_convs(model.backbone)
+    assert len(convs) == 5  # the stem's first conv and each stage's opening depthwise conv
+    x = torch.randn(1, 3, *size)
+    h, w = size
+    pad_h, pad_w = max((-(-h // 2) - 1) * 2 + 3 - h, 0), max((-(-w // 2) - 1) * 2 + 3 - w, 0)
+    stem = convs[0]
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)),
+        stem.weight, stem.bias, stride=2)
+    with torch.no_grad():
+        assert torch.equal(stem(x), expected)
+
+
+def test_symmetric_padding_is_a_named_option():
+    model = create_model("maxvit_nano_cls", padding="symmetric").eval()
+    stem = _stride2_convs(model.backbone)[0]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(stem(x), torch.nn.functional.conv2d(x, stem.weight, stem.bias, stride=2, padding=1))
+    with pytest.raises(HiresError, match="padding"):
+        create_model("maxvit_nano_cls", padding="valid")
+
+
+def test_shipped_maxvit_weights_say_they_were_trained_with_symmetric_padding():
+    seg = create_model("maxvit_nano_seg.synthetic")
+    assert seg.card.overrides["padding"] == "symmetric" and seg.config.padding == "symmetric"
+    xt = create_model("xt_nano_seg.synthetic")
+    assert xt.card.overrides["region_encoder_args"]["padding"] == "symmetric"
