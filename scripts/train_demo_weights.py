@@ -42,11 +42,16 @@ HELD_OUT_DENOISE = (24576, 25600, 8192, 9216)
 #: Held-out regions on which each model's halo is measured (2 tiles a side).
 HALO_REGIONS = [(24576, 25600, 8192, 9216), (28672, 29696, 40960, 41984)]
 
+_XT_NANO_SYMMETRIC = {"window_size": 4, "stem_width": 16, "depths": (1, 1, 1, 1), "widths": (32, 48, 64, 96),
+                      "head_size": 16, "drop_path_rate": 0.1, "out_indices": (1, 2, 3, 4), "padding": "symmetric"}
 #: name -> (architecture, overrides, tile, batch, steps, lr)
 MODELS = {
     "hct": ("hct_tiny_seg_synthetic", "hct_tiny_seg", {}, 128, 8, 1500, 2e-3),
-    "maxvit": ("maxvit_nano_seg_synthetic", "maxvit_nano_seg", {"window_size": 4}, 128, 8, 500, 2e-3),
-    "xt": ("xt_nano_seg_synthetic", "xt_nano_seg", {"window_regions": 4}, 256, 4, 300, 2e-3),
+    # the shipped MaxViTs were trained with symmetric stride-2 padding (before the published TF SAME was the default)
+    "maxvit": ("maxvit_nano_seg_synthetic", "maxvit_nano_seg", {"window_size": 4, "padding": "symmetric"}, 128, 8,
+               500, 2e-3),
+    "xt": ("xt_nano_seg_synthetic", "xt_nano_seg", {"window_regions": 4, "region_encoder_args": _XT_NANO_SYMMETRIC},
+           256, 4, 300, 2e-3),
     "maxim": ("maxim_nano_denoise_synthetic", "maxim_nano", {"features": 8, "num_stages": 1}, 64, 8, 400, 2e-3),
 }
 

@@ -2,7 +2,8 @@
 
 Follows /work/shared/models/SPEC.md section 2 (official google-research/maxvit). Block attention mixes pixels inside
 contiguous P x P windows; grid attention mixes a dilated G x G grid spanning the whole map, so cost stays linear in
-pixels at fixed P = G. Stride-2 convolutions use symmetric padding 1 (no pretrained TF weights to match).
+pixels at fixed P = G. Stride-2 convolutions pad as TensorFlow's "SAME" (the published weights need it); symmetric
+padding 1 is kept as ``padding="symmetric"`` for weights trained that way.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from napari_hires.errors import HiresError
@@ -20,6 +22,8 @@ from napari_hires.models.layers import DropPath
 from napari_hires.models.registry import register_model
 
 _FAMILY = "maxvit"
+#: How stride-2 convolutions pad: "same" (TensorFlow SAME, as published) or "symmetric" (1 on every side).
+PADDINGS = ("same", "symmetric")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class MaxViTConfig:
     drop_path_rate: float = 0.2
     out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)
     decoder_width: int = 64  # FPN width of the segmentation head
+    padding: str = "same"  # stride-2 convolutions: "same" (TF SAME, the published weights) or "symmetric"
 
     def __post_init__(self) -> None:
         for name in ("depths", "widths", "out_indices"):
@@ -62,6 +67,9 @@ class MaxViTConfig:
             raise HiresError(f"MaxViT has 4 stages: give 4 depths and 4 widths, got {self.depths} and {self.widths}")
         if any(w % self.head_size for w in self.widths):
             raise HiresError(f"MaxViT widths {self.widths} must be multiples of head_size {self.head_size}; change one")
+        if self.padding not in PADDINGS:
+            raise HiresError(f"MaxViT padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}: \"same\" "
+                             "for published weights, \"symmetric\" for weights trained with padding 1 on every side")
         if self.window_size < 1:
             raise HiresError(f"MaxViT window_size must be at least 1, got {self.window_size}")
         if not self.out_indices or sorted(set(self.out_indices)) != list(self.out_indices) or not all(
@@ -121,13 +129,32 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+class SameConv2d(nn.Conv2d):
+    """Conv2d padded as TensorFlow's "SAME" for any input size: output ceil(H / stride), the odd pixel of padding at
+    the bottom/right (the published MaxViT's stride-2 convolutions)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1], self.dilation[::-1]):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def strided_conv(c_in: int, c_out: int, cfg: MaxViTConfig, *, groups: int = 1, bias: bool = True) -> nn.Conv2d:
+    """The 3 x 3 stride-2 convolution, padded as ``cfg.padding`` says."""
+    if cfg.padding == "same":
+        return SameConv2d(c_in, c_out, 3, stride=2, groups=groups, bias=bias)
+    return nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, groups=groups, bias=bias)
+
+
 class Stem(nn.Sequential):
     """Conv3x3/2 (bias) -> BN -> GELU -> Conv3x3 (bias): image to stride-2 features."""
 
     def __init__(self, cfg: MaxViTConfig) -> None:
         w = cfg.stem_width
         super().__init__(
-            nn.Conv2d(cfg.in_channels, w, 3, stride=2, padding=1),
+            strided_conv(cfg.in_channels, w, cfg),
             _batch_norm(w, cfg),
             _gelu(),
             nn.Conv2d(w, w, 3, padding=1),
@@ -159,7 +186,8 @@ class MBConv(nn.Module):
             nn.Conv2d(in_ch, inner, 1, bias=False),
             _batch_norm(inner, cfg),
             _gelu(),
-            nn.Conv2d(inner, inner, 3, stride=stride, padding=1, groups=inner, bias=False),
+            strided_conv(inner, inner, cfg, groups=inner, bias=False) if stride == 2
+            else nn.Conv2d(inner, inner, 3, padding=1, groups=inner, bias=False),
             _batch_norm(inner, cfg),
             _gelu(),
             SqueezeExcite(inner, max(1, int(out_ch * cfg.se_ratio))),
