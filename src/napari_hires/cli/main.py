@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import Callable, Iterator, Sequence
 
-from napari_hires.cli import demo, export, predict, pyramid, synth, train
+from napari_hires.cli import demo, export, import_checkpoint, predict, pyramid, synth, train
 from napari_hires.errors import WRITE_ERRORS, HiresError, HiresWarning
 
 
@@ -24,13 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for command in (demo, synth, pyramid, predict, train, export):
+    for command in (demo, synth, pyramid, predict, train, export, import_checkpoint):
         command.add_parser(sub)
     return parser
 
 
 #: The arguments naming each sub-command's output (the first one given counts); "output" for the others.
-OUTPUT_ARGS = {"demo": ("screenshot",), "train": ("out",), "export": ("output", "image")}
+OUTPUT_ARGS = {"demo": ("screenshot",), "train": ("out",), "export": ("output", "image"), "import": ("out",)}
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:

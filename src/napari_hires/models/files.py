@@ -143,32 +143,38 @@ def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _import_without_card(path: Path, card_path: Path) -> HiresModel:
+    """A published checkpoint given where a model file is accepted: imported, or an error saying what was looked
+    for (a card, or a checkpoint of a family napari-hires recognises)."""
+    from napari_hires.models.importers import import_checkpoint
+
+    try:
+        return import_checkpoint(path)
+    except HiresError as err:
+        raise HiresError(f"{path} has no model card ({card_path}) and was not imported as a published checkpoint: "
+                         f"{err}") from None
+
+
 def load_weights(model: HiresModel, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``model``, naming the first layer whose name or shape does not match."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise HiresError(
-            f"{source} does not match {type(model).__name__}: "
-            + (f"missing {len(missing)} tensors (first: {missing[0]})" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})" if unexpected else "")
-            + ". Check that the card's architecture and overrides are those the weights were saved with."
-        )
-    for key, wanted in expected.items():  # model order, so the first layer named is the first that differs
-        if tuple(state[key].shape) != tuple(wanted.shape):
-            raise HiresError(
-                f"{source}: layer {key} has shape {tuple(state[key].shape)} in the file but the model expects "
-                f"{tuple(wanted.shape)}. Check the card's overrides (channels, classes, widths)."
-            )
+    """Copy ``state`` into ``model``, or one error listing the missing and unexpected tensors and the first shape
+    mismatch."""
+    from napari_hires.models.checkpoints import check_tensors
+
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_tensors(expected, state, source, model.name or type(model).__name__,
+                  "Check that the card's architecture and overrides (channels, classes, widths) are those the weights "
+                  "were saved with.")
     model.load_state_dict(state, strict=True)
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> HiresModel:
     """Rebuild the model a card describes and load its weights; it declares the card (``model.card``) and that it is
-    trained."""
+    trained. A published checkpoint without a card (HCT, timm MaxViT, MAXIM ``.npz``, xT) is imported instead."""
+    from napari_hires.models.checkpoints import CHECKPOINT_SUFFIXES
+
     weights, card_path = _paths(path)
+    if Path(path).suffix.lower() in CHECKPOINT_SUFFIXES and not card_path.exists() and Path(path).is_file():
+        return _import_without_card(Path(path), card_path).to(device)
     if not weights.exists():
         raise FileNotFoundError(f"no model weights at {weights}")
     if not card_path.exists():

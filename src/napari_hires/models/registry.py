@@ -21,6 +21,7 @@ from napari_hires.models.base import HiresModel, Task
 
 ENTRY_POINT_GROUP = "napari_hires.models"
 _BUILTIN_FAMILIES = ("hct", "maxvit", "maxim", "xt", "shipped")  # shipped: trained demo weights
+_PUBLISHED = ("hct", "maxvit", "maxim", "xt")  # importers of the published checkpoints (models/published/)
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,11 @@ def _ensure_loaded() -> None:
     with _load_lock:
         if _loaded:
             return
-        for family in _BUILTIN_FAMILIES:
+        for module in (*_BUILTIN_FAMILIES, *(f"published.{f}" for f in _PUBLISHED)):
             try:
-                importlib.import_module(f"napari_hires.models.{family}")
+                importlib.import_module(f"napari_hires.models.{module}")
             except ModuleNotFoundError as err:
-                if err.name != f"napari_hires.models.{family}":
+                if err.name != f"napari_hires.models.{module}":
                     raise
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             loaded = ep.load()
@@ -154,9 +155,10 @@ def model_entry(name: str) -> ModelEntry:
 
 def _is_file(text: str) -> bool:
     """Whether ``text`` names a model file (by its suffix, or an existing path that is no registered name)."""
+    from napari_hires.models.checkpoints import CHECKPOINT_SUFFIXES
     from napari_hires.models.files import WEIGHT_SUFFIXES
 
-    if text.endswith((*WEIGHT_SUFFIXES, ".json")):
+    if text.lower().endswith((*WEIGHT_SUFFIXES, *CHECKPOINT_SUFFIXES, ".json")):
         return True
     _ensure_loaded()
     return os.path.exists(text) and text not in _REGISTRY and text not in _ALIASES
@@ -164,8 +166,9 @@ def _is_file(text: str) -> bool:
 
 def create_model(model: str | os.PathLike | HiresModel, **overrides: Any) -> HiresModel:
     """The one way in for models: a registered name (``overrides`` change its configuration), a name with a weights
-    tag (``hct_tiny_seg.synthetic``), a model file (``.safetensors`` + card, as :func:`load_model`) or an instance
-    (returned as it is, once checked to be a :class:`HiresModel`).
+    tag (``hct_tiny_seg.synthetic``), a model file (``.safetensors`` + card, as :func:`load_model`; a published
+    checkpoint without a card is imported, as :func:`import_checkpoint`) or an instance (returned as it is, once
+    checked to be a :class:`HiresModel`).
 
     An untrained architecture is initialised from a seed fixed by its name, in a forked RNG: the same name gives the
     same weights in every process (so a rerun resumes its own store), and the caller's random state is left as it was.
