@@ -80,6 +80,8 @@ class HiresModel(nn.Module):
     card: ModelCard | None = None
     #: True: trained weights (a tag, a model file, a training run); False: an architecture's random initialisation.
     trained: bool | None = None
+    #: Where a pretrained backbone came from (``create_model(..., encoder=...)``), for the card; None: no encoder.
+    encoder: Mapping[str, Any] | None = None
 
     @property
     def name(self) -> str | None:

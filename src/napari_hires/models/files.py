@@ -53,6 +53,7 @@ def card_for(model: HiresModel, **fields) -> ModelCard:
         halo=facts["halo"],
         tile_size=facts["tile_size"],
         tiling=facts["tiling"],
+        provenance={"encoder": dict(model.encoder)} if model.encoder else {},
     )
     for key, value in fields.items():
         setattr(card, key, value)

@@ -164,7 +164,8 @@ def _is_file(text: str) -> bool:
     return os.path.exists(text) and text not in _REGISTRY and text not in _ALIASES
 
 
-def create_model(model: str | os.PathLike | HiresModel, **overrides: Any) -> HiresModel:
+def create_model(model: str | os.PathLike | HiresModel, *, encoder: str | os.PathLike | HiresModel | None = None,
+                 **overrides: Any) -> HiresModel:
     """The one way in for models: a registered name (``overrides`` change its configuration), a name with a weights
     tag (``hct_tiny_seg.synthetic``), a model file (``.safetensors`` + card, as :func:`load_model`; a published
     checkpoint without a card is imported, as :func:`import_checkpoint`) or an instance (returned as it is, once
@@ -173,6 +174,10 @@ def create_model(model: str | os.PathLike | HiresModel, **overrides: Any) -> Hir
     An untrained architecture is initialised from a seed fixed by its name, in a forked RNG: the same name gives the
     same weights in every process (so a rerun resumes its own store), and the caller's random state is left as it was.
     The model declares what it is (``architecture``, ``overrides``, ``tag``, ``card``, ``trained``).
+
+    ``encoder`` (a model file, a published checkpoint or a trained name of the same family) gives an architecture
+    its backbone: configuration and weights, with a fresh head (``models/encoders.py``); ``model.encoder`` says
+    where it came from.
     """
     import torch
 
@@ -185,6 +190,9 @@ def create_model(model: str | os.PathLike | HiresModel, **overrides: Any) -> Hir
         _no_overrides(overrides, f"{model.name or type(model).__name__} is already built")
         return model
     text = os.fspath(model)
+    if encoder is not None and (_is_file(text) or model_entry(text).tag):
+        raise HiresError(f"{text} holds trained weights already; an encoder is given to an architecture "
+                         "(such as maxvit_tiny_seg) whose head is to be trained")
     if _is_file(text):
         from napari_hires.models.files import load_model
 
@@ -197,7 +205,12 @@ def create_model(model: str | os.PathLike | HiresModel, **overrides: Any) -> Hir
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(zlib.crc32(entry.name.encode()))
-            net = entry.builder(**overrides)
+            if encoder is None:
+                net = entry.builder(**overrides)
+            else:
+                from napari_hires.models.encoders import build_with_encoder
+
+                net, overrides = build_with_encoder(entry.name, encoder, entry.builder, overrides)
     except TypeError as err:
         raise HiresError(f"cannot build {text!r} with overrides {overrides}: {err}") from None
     if entry.tag:  # built from its model file, which declared the rest
