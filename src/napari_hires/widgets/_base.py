@@ -17,6 +17,8 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 from napari_hires.errors import HiresError
 
 MODEL_FILE = "model file..."
+#: What the model-file chooser offers: napari-hires model files and the published checkpoints it imports.
+MODEL_FILE_FILTER = "*.safetensors *.json *.pth *.pt *.bin *.npz"
 PROGRESS_MS = 100  # how often a job's progress callback is shown
 
 
@@ -173,8 +175,10 @@ class DockWidget(QWidget):
     def model_section(self, choices: list[Any], value: Any = None) -> None:
         """``self.model`` (the list, with a model-file entry) and ``self.model_file``, shown when that is chosen."""
         self.model = ComboBox(label="model", choices=choices, **({} if value is None else {"value": value}))
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.json", visible=False,
-                                   tooltip="NAME.safetensors with its NAME.json card")
+        self.model_file = FileEdit(label="model file", mode="r", filter=MODEL_FILE_FILTER, visible=False,
+                                   tooltip="NAME.safetensors with its NAME.json card, or a published checkpoint "
+                                           "(HCT or xT .pth, timm MaxViT .safetensors/.pth, MAXIM .npz), "
+                                           "imported as it is loaded")
         self.model.changed.connect(self._show_model_file)
 
     def _show_model_file(self, _value: Any = None) -> None:
@@ -186,7 +190,8 @@ class DockWidget(QWidget):
             return str(self.model.value)
         path = str(self.model_file.value)
         if path in ("", ".") or not Path(path).exists():
-            raise HiresError(f"model file {path!r} does not exist: choose a NAME.safetensors with its NAME.json")
+            raise HiresError(f"model file {path!r} does not exist: choose a NAME.safetensors with its NAME.json, or a "
+                             "published checkpoint")
         return path
 
     def model_stem(self) -> str:
