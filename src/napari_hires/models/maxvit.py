@@ -372,6 +372,59 @@ _NANO_SEG = replace(
 _NANO_CLS = replace(_NANO_SEG, num_classes=2, out_indices=(0, 1, 2, 3, 4))
 
 
+#: The published MaxViT sizes (TF release, as timm's ``maxvit_*_tf`` hosts them): stem width, depths, widths. Heads
+#: are 32 channels wide, the pre-logits layer is as wide as the last stage, windows and grids are image size / 32.
+TF_SIZES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
+    "tiny": (64, (2, 2, 5, 2), (64, 128, 256, 512)),
+    "small": (64, (2, 2, 5, 2), (96, 192, 384, 768)),
+    "base": (64, (2, 6, 14, 2), (96, 192, 384, 768)),
+    "large": (128, (2, 6, 14, 2), (128, 256, 512, 1024)),
+    "xlarge": (192, (2, 6, 14, 2), (192, 384, 768, 1536)),
+}
+#: The released weights per size: (image size, classes). ``*_in21k`` names are the ImageNet-21k pretraining heads.
+TF_RELEASES: dict[str, tuple[tuple[int, int], ...]] = {
+    "tiny": ((224, 1000), (384, 1000), (512, 1000)),
+    "small": ((224, 1000), (384, 1000), (512, 1000)),
+    "base": ((224, 1000), (384, 1000), (512, 1000), (224, 21843)),
+    "large": ((224, 1000), (384, 1000), (512, 1000), (224, 21843)),
+    "xlarge": ((384, 1000), (512, 1000), (224, 21843)),
+}
+IN21K_CLASSES = 21843
+
+
+def tf_name(size: str, image_size: int, num_classes: int = 1000) -> str:
+    """The registered name of a published configuration: ``maxvit_tiny_tf_224``, ``maxvit_base_tf_224_in21k``."""
+    return f"maxvit_{size}_tf_{image_size}" + ("_in21k" if num_classes == IN21K_CLASSES else "")
+
+
+def tf_config(size: str, image_size: int, num_classes: int = 1000) -> MaxViTConfig:
+    """The configuration of a published MaxViT size at ``image_size`` (window = grid = image_size / 32)."""
+    stem, depths, widths = TF_SIZES[size]
+    return MaxViTConfig(num_classes=num_classes, stem_width=stem, depths=depths, widths=widths, head_size=32,
+                        window_size=image_size // 32)
+
+
+def _builder(name: str, base: MaxViTConfig, build: Any) -> Any:
+    """A registry builder ``(**overrides) -> model`` for ``base``."""
+
+    def builder(**overrides: Any) -> ClassificationModel | SegmentationModel:
+        return build(_configure(name, base, overrides))
+
+    builder.__name__ = name
+    return builder
+
+
+for _size, _releases in TF_RELEASES.items():
+    for _image, _classes in _releases:
+        _name, _cfg = tf_name(_size, _image, _classes), tf_config(_size, _image, _classes)
+        _data = "ImageNet-21k" if _classes == IN21K_CLASSES else "ImageNet-1k"
+        register_model(_name, family=_FAMILY, task="classification", published=True,
+                       description=f"MaxViT-{_size.capitalize()} as published at {_image} px ({_data}, "
+                                   f"{_classes} classes; window {_cfg.window_size}), the timm {_name} layout")(
+            _builder(_name, _cfg, build_classifier)
+        )
+
+
 @register_model("maxvit_tiny", family=_FAMILY, task="classification", published=True,
                 description="MaxViT-T as published (P=G=7, 224 input, 1000 classes), 30.9M params")
 def maxvit_tiny(**overrides: Any) -> ClassificationModel:
