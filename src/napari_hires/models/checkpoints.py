@@ -158,16 +158,18 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 class TensorMap:
     """Where each tensor of a model comes from in a published checkpoint: ``sources`` maps the model's state-dict
     names to the checkpoint's, ``transforms`` (by model name) turn a published layout into ours (a Flax kernel
-    transposed), and ``ignore`` names checkpoint tensors the model has no use for (a classifier an encoder drops)."""
+    transposed), ``ignore`` names checkpoint tensors the model has no use for (a classifier an encoder drops) and
+    ``keep`` names model tensors no checkpoint holds (a new head over a published backbone), left as initialised."""
 
     sources: dict[str, str]
     transforms: dict[str, Transform] = field(default_factory=dict)
     ignore: frozenset[str] = frozenset()
+    keep: frozenset[str] = frozenset()
 
     def state(self, checkpoint: Checkpoint, model: torch.nn.Module, what: str, hint: str) -> dict[str, torch.Tensor]:
         """The model's state dict built from ``checkpoint``, after :func:`check_tensors` on the published names."""
         wanted = model.state_dict()
-        unmapped = [k for k in wanted if k not in self.sources]
+        unmapped = [k for k in wanted if k not in self.sources and k not in self.keep]
         if unmapped:  # a converter's gap, not the user's file: say so plainly
             raise HiresError(f"the converter for {what} maps no checkpoint tensor to {_listing(unmapped)}; "
                              "please report this")
@@ -175,5 +177,6 @@ class TensorMap:
         convert = {theirs: self.transforms[ours] for ours, theirs in self.sources.items() if ours in self.transforms}
         found = {k: v for k, v in checkpoint.tensors.items() if k not in self.ignore}
         check_tensors(expected, found, str(checkpoint.path), what, hint, convert)
-        return {ours: (convert[theirs](found[theirs]) if theirs in convert else found[theirs])
-                .to(wanted[ours].dtype).contiguous() for ours, theirs in self.sources.items()}
+        state = {ours: (convert[theirs](found[theirs]) if theirs in convert else found[theirs])
+                 .to(wanted[ours].dtype).contiguous() for ours, theirs in self.sources.items()}
+        return {**state, **{k: wanted[k] for k in self.keep}}
