@@ -23,7 +23,6 @@ import torch
 from napari_hires.models import count_parameters, create_model, list_models, model_entry
 from napari_hires.models.layers import count_macs
 
-
 #: google-research/maxvit README (the released checkpoints): parameters (M) and FLOPs (B, which are multiply-adds:
 #: timm counts 5.6 GMACs for MaxViT-T at 224) at 224 / 384 / 512. The paper's Table 2 gives MaxViT-B as 120M / 23.4G.
 MAXVIT_README = {"tiny": (31, 5.6, 17.7, 33.7), "small": (69, 11.7, 36.1, 67.6), "base": (119, 24.2, 74.2, 138.5),
