@@ -99,6 +99,21 @@ def test_without_config_json_the_configuration_comes_from_the_tensor_shapes(tmp_
     assert _rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(model, image)) <= 1e-5
 
 
+def test_a_pth_state_dict_imports_like_the_safetensors_file(tmp_path, image):
+    torch.save(load_file(WEIGHTS), tmp_path / "pytorch_model.pth")  # timm's torch.save(model.state_dict())
+    model = import_checkpoint(tmp_path / "pytorch_model.pth")
+    assert model.card.provenance["imported_from"]["format"] == "torch"
+    assert _rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(model, image)) <= 1e-5
+
+
+def test_model_args_our_maxvit_does_not_have_are_refused(hf_dir):
+    config = json.loads(CONFIG.read_text())
+    config["model_args"]["transformer_rel_pos_type"] = "mlp"
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HiresError, match="model_args transformer_rel_pos_type='mlp' in config.json is not something"):
+        import_checkpoint(hf_dir / "model.safetensors")
+
+
 def test_a_mismatched_architecture_lists_missing_and_unexpected_tensors_and_the_first_shape_mismatch():
     """The published MaxViT-T has 2 blocks in stage 0 and no shortcut conv there (stem and stage 0 are both 64 wide)."""
     with pytest.raises(HiresError) as err:

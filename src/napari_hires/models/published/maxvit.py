@@ -14,7 +14,7 @@ the backbone itself) and any place the timm tensors sit in a file (a prefix, tim
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
@@ -95,48 +95,52 @@ def _detect(checkpoint: Checkpoint) -> bool:
 def convert(checkpoint: Checkpoint, architecture: str | None) -> Conversion:
     """The napari-hires MaxViT a timm checkpoint holds: classifier, or FPN segmenter around a classifier-less
     backbone, configured from config.json, the architecture name or the tensor shapes."""
+    from napari_hires.models.encoders import HEAD_FIELDS
     from napari_hires.models.registry import create_model
 
     tensors = checkpoint.tensors
     flat = any(k.startswith("stages_") for k in tensors)
-    has_head = "head.fc.weight" in tensors
     config = checkpoint.meta.get("config")
     config = config if isinstance(config, dict) and "architecture" in config else None
-    if config is not None:
-        name, how = _registered(str(config["architecture"])), "config.json"
-        if architecture is not None and _registered(architecture) != name:
-            raise HiresError(f"{checkpoint.path.name}'s config.json says {config['architecture']} but the architecture "
-                             f"asked for is {architecture}; drop --architecture or the config.json that disagrees")
-        fields_ = _model_args(config.get("model_args") or {}, config.get("num_classes"))
-    elif architecture is not None:
-        name, how = _registered(architecture), "--architecture"
-        fields_ = {"num_classes": int(tensors["head.fc.weight"].shape[0])} if has_head else {}
-    else:
-        fields_, how = _from_shapes(tensors, "_" if flat else "."), "tensor shapes"
-        name = _published_name(fields_)
+    name, how, found = _configuration(checkpoint, config, architecture, flat)
     base = _config_of(name)
-    target = MaxViTConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **fields_})
-    norm = _normalization(config, name)
+    target = replace(base, **found)
     source = {"name": name, "code": f"timm {name}", "paper": _PAPER, "configuration": how}
-    card = {"normalization": norm, "tile_size": 32 * target.window_size}
-    if has_head:
-        card["halo"] = 0
+    card = {"normalization": _normalization(config, name), "tile_size": 32 * target.window_size}
+    if "head.fc.weight" in tensors:
         model = create_model(name, **_differences(target, base))
-        sources = maxvit_tensor_map(model, flat_stages=flat)
-        card["class_names"] = _class_names(config, target.num_classes)
-        card["description"] = (f"{name} imported from timm ({target.num_classes} classes, "
-                               f"{32 * target.window_size} px input)")
-        return Conversion(model, TensorMap(sources), card, {**source, "task": "classification"})
-    seg = _config_of(_ENCODER_BASE)
-    backbone = {f.name: getattr(target, f.name) for f in fields(target)
-                if f.name not in ("num_classes", "out_indices", "decoder_width", "drop_path_rate")}
-    model = create_model(_ENCODER_BASE, **_differences(MaxViTConfig(**{**_as_dict(seg), **backbone}), seg))
+        card.update(halo=0, class_names=_class_names(config, target.num_classes),
+                    description=f"{name} imported from timm ({target.num_classes} classes, {card['tile_size']} px)")
+        return Conversion(model, TensorMap(maxvit_tensor_map(model, flat_stages=flat)), card,
+                          {**source, "task": "classification"})
+    seg = _config_of(_ENCODER_BASE)  # the segmenter keeps its head fields, the file gives the backbone (and channels)
+    head = HEAD_FIELDS["maxvit"] - {"in_channels"}
+    model = create_model(_ENCODER_BASE, **_differences(
+        replace(seg, **{k: v for k, v in _as_dict(target).items() if k not in head}), seg))
     sources = maxvit_tensor_map(model, flat_stages=flat)
     card["description"] = (f"the {name} backbone imported from timm (no classifier in the file) with a new, untrained "
                            f"FPN decoder: use it as the encoder of a segmenter ({_ENCODER_BASE}, encoder=FILE)")
     return Conversion(model, TensorMap(sources, keep=frozenset(k for k in model.state_dict() if k not in sources),
                                        ignore=frozenset(k for k in tensors if k.startswith("head."))),
                       card, {**source, "task": "features"})
+
+
+def _configuration(checkpoint: Checkpoint, config: dict[str, Any] | None, architecture: str | None,
+                   flat: bool) -> tuple[str, str, dict[str, Any]]:
+    """(registered name, where the configuration came from, our fields that differ from that name's): from
+    config.json, else the architecture asked for (classes from the file), else the tensor shapes."""
+    tensors = checkpoint.tensors
+    if config is not None:
+        name = _registered(str(config["architecture"]))
+        if architecture is not None and _registered(architecture) != name:
+            raise HiresError(f"{checkpoint.path.name}'s config.json says {config['architecture']} but the architecture "
+                             f"asked for is {architecture}; drop --architecture or the config.json that disagrees")
+        return name, "config.json", _model_args(config.get("model_args") or {}, config.get("num_classes"))
+    if architecture is not None:
+        head = tensors.get("head.fc.weight")
+        return _registered(architecture), "--architecture", {} if head is None else {"num_classes": head.shape[0]}
+    found = _from_shapes(tensors, "_" if flat else ".")
+    return _published_name(found), "tensor shapes", found
 
 
 def _registered(name: str) -> str:
