@@ -63,3 +63,15 @@ def test_the_encoders_own_configuration_cannot_be_overridden():
 def test_trained_weights_take_no_encoder():
     with pytest.raises(HiresError, match="holds trained weights already"):
         create_model("maxvit_nano_seg.synthetic", encoder="maxvit_nano_seg.synthetic")
+
+
+def test_fine_tuning_trains_a_pretrained_encoder_at_a_lower_learning_rate():
+    from napari_hires.training import TrainSettings
+    from napari_hires.training.loop import parameter_groups
+
+    model = create_model("maxvit_nano_seg", encoder="maxvit_nano_seg.synthetic", num_classes=2)
+    head, encoder = parameter_groups(model, TrainSettings(lr=1e-3, encoder_lr=0.1))
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.backbone.parameters()}
+    assert encoder["lr"] == pytest.approx(1e-4) and "lr" not in head  # the head takes the optimiser's lr
+    assert len(head["params"]) + len(encoder["params"]) == len(list(model.parameters()))
+    assert len(parameter_groups(create_model("maxvit_nano_seg"), TrainSettings())) == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Generator
+from typing import Any, Callable, Generator
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class TrainSettings:
     seed: int = 0
     clip: float = 1.0  # gradient norm clip
     bn_batches: int = 20  # batches that re-estimate BatchNorm statistics after training (0: keep the running ones)
+    encoder_lr: float = 0.1  # a pretrained encoder (create_model(..., encoder=...)) trains at this times lr
 
     def check(self) -> None:
         """A clear error for settings that cannot train."""
@@ -50,6 +51,9 @@ class TrainSettings:
             raise HiresError(f"training needs steps and batch of at least 1, got {self.steps} and {self.batch}")
         if not self.lr > 0:
             raise HiresError(f"the learning rate must be positive, got {self.lr}")
+        if not self.encoder_lr > 0:
+            raise HiresError(f"encoder_lr (the encoder's share of the learning rate) must be positive, got "
+                             f"{self.encoder_lr}")
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ def training_steps(
     torch.manual_seed(settings.seed)
     runner = TileRunner(model, device=settings.device, precision=settings.precision, batch=settings.batch)
     scaler = torch.amp.GradScaler(runner.device.type, enabled=runner.amp_dtype == torch.float16)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    opt = torch.optim.AdamW(parameter_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings))
     result = TrainResult(device=str(runner.device))
     t0 = time.perf_counter()
@@ -190,6 +194,18 @@ def recalibrate_batchnorm(model: HiresModel, runner: TileRunner, sampler: TileSa
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
+
+
+def parameter_groups(model: HiresModel, settings: TrainSettings) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: one, or, for a model whose backbone is a pretrained encoder that has not been
+    trained with its head yet, the head at ``lr`` and the encoder at ``encoder_lr * lr`` (so the new head's large
+    early gradients do not wash out what the encoder learnt)."""
+    if not model.encoder or model.trained:
+        return [{"params": list(model.parameters())}]
+    encoder = list(model.backbone.parameters())
+    inside = {id(p) for p in encoder}
+    head = [p for p in model.parameters() if id(p) not in inside]
+    return [{"params": head}, {"params": encoder, "lr": settings.lr * settings.encoder_lr}]
 
 
 def settings_record(settings: TrainSettings, result: TrainResult) -> dict:
