@@ -96,3 +96,20 @@ def test_an_architecture_whose_regions_differ_from_the_files_is_refused():
     with pytest.raises(HiresError, match="xt_maxvit_tiny has regions of 256 px, but the file's MaxViT region "
                                          "encoder has windows of 4 and so regions of 128 px"):
         import_checkpoint(CHECKPOINT, "xt_maxvit_tiny")
+
+
+def test_the_released_ckpt_suffix_is_read(tmp_path, logits, image):
+    """The xT trainer writes .ckpt files (torch.save payloads), as the release ships them."""
+    shutil.copy(CHECKPOINT, tmp_path / "xt-top1.ckpt")
+    assert _rel(logits, _run(import_checkpoint(tmp_path / "xt-top1.ckpt"), image)) <= 1e-5
+
+
+def test_a_released_xt_with_a_swin_region_encoder_is_refused_clearly(tmp_path):
+    payload = torch.load(CHECKPOINT, weights_only=True)
+    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith("module.encoder.")}
+    state["module.encoder.model.patch_embed.proj.weight"] = torch.zeros(96, 3, 4, 4)
+    state["module.encoder.model.layers_0.blocks.0.attn.qkv.weight"] = torch.zeros(288, 96)
+    torch.save({**payload, "state_dict": state}, tmp_path / "swin-t-hyper-512-256-top1.ckpt")
+    with pytest.raises(HiresError, match="is an xT with a Swin-V2 region encoder .*napari-hires's xT offers MaxViT "
+                                         "and HCT region encoders, and Swin-V2 and Hiera are not implemented"):
+        import_checkpoint(tmp_path / "swin-t-hyper-512-256-top1.ckpt")
