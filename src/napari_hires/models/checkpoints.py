@@ -1,5 +1,6 @@
-"""Published checkpoints read without unpickling: ``.pth``/``.pt``/``.bin`` through ``torch.load(weights_only=True)``,
-``.safetensors``, and ``.npz`` with ``allow_pickle=False``; and the one check that a file's tensors fit a model."""
+"""Published checkpoints read without unpickling: ``.pth``/``.pt``/``.bin``/``.ckpt`` through
+``torch.load(weights_only=True)``, ``.safetensors``, and ``.npz`` with ``allow_pickle=False``; and the one check that
+a file's tensors fit a model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 from napari_hires.errors import HiresError
 
 #: Suffixes of the published checkpoint files napari-hires reads.
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz")
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # torch.save files (.ckpt: trainers' payloads, as xT ships them)
+CHECKPOINT_SUFFIXES = (*_TORCH_SUFFIXES, ".safetensors", ".npz")
 #: Keys under which training scripts keep the model's state dict inside a saved payload, most specific first.
 _PAYLOAD_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "params")
 
@@ -45,7 +47,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         tensors, meta, fmt = _read_npz(path), {}, "npz"
     elif suffix == ".safetensors":
         tensors, meta, fmt = _read_safetensors(path), {}, "safetensors"
-    elif suffix in (".pth", ".pt", ".bin"):
+    elif suffix in _TORCH_SUFFIXES:
         (tensors, meta), fmt = _read_torch(path), "torch"
     else:
         raise HiresError(f"{path} is not a checkpoint napari-hires reads: expected one of "
