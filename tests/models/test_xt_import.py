@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_hires import cli
 from napari_hires.errors import HiresError
 from napari_hires.models import create_model
 from napari_hires.models.importers import import_checkpoint
@@ -62,6 +63,15 @@ def test_create_model_takes_the_card_less_checkpoint(image, logits):
     model = create_model(CHECKPOINT)
     assert model.trained and model.card.provenance["imported_from"]["family"] == "xt"
     assert _rel(logits, _run(model, image)) <= 1e-5
+
+
+def test_napari_hires_import_writes_a_model_file_that_loads_as_the_published_model(tmp_path, image, logits):
+    """The card's overrides (the region encoder's configuration among them) survive JSON and rebuild the model."""
+    out = tmp_path / "xt.safetensors"
+    assert cli.main(["import", str(CHECKPOINT), "--out", str(out)]) == 0
+    loaded = create_model(out)
+    assert loaded.card.provenance["imported_from"]["file"] == CHECKPOINT.name
+    assert _rel(logits, _run(loaded, image)) <= 1e-5
 
 
 def test_the_configuration_comes_from_the_file():
