@@ -25,9 +25,12 @@ _PAPER = "HCT (Taha et al., MICCAI 2022)"
 _FIRST_CONV = "conv_stages.first_conv.weight"
 _BLOCK = re.compile(r"(conv|ac)_stages\.layer_list\.(\d+)\.(\d+)\.")
 # Inside a block, our module names -> the official ones (bn1, bn2, conv1 and conv2 are the same)
-_RENAMES = (("shortcut.", "downsample.0."), ("attention.projection", "performer_attention.fast_attention."
-                                                                     "projection_matrix"),
-            ("attention.", "performer_attention."), ("conv.", "conv2."))
+_RENAMES = (
+    ("shortcut.", "downsample.0."),
+    ("attention.projection", "performer_attention.fast_attention.projection_matrix"),
+    ("attention.", "performer_attention."),
+    ("conv.", "conv2."),  # an AC block's only conv
+)
 _HEAD = {"head.final_bn.": "final_bn.", "head.classifier.": "classifier."}
 
 
