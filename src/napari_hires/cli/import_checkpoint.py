@@ -12,7 +12,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "import",
         help="turn a published checkpoint into a napari-hires model file (safetensors + card)",
-        description="Read a published checkpoint without unpickling it (.pth/.pt/.bin through torch.load with "
+        description="Read a published checkpoint without unpickling it (.pth/.pt/.bin/.ckpt through torch.load with "
                     "weights_only, .safetensors, .npz without pickle), map its tensors onto the napari-hires model "
                     "and write OUT.safetensors with its card OUT.json.",
     )

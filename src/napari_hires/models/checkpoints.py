@@ -1,10 +1,13 @@
-"""Published checkpoints read without unpickling: ``.pth``/``.pt``/``.bin`` through ``torch.load(weights_only=True)``,
-``.safetensors``, and ``.npz`` with ``allow_pickle=False``; and the one check that a file's tensors fit a model."""
+"""Published checkpoints read without unpickling: ``.pth``/``.pt``/``.bin``/``.ckpt`` through
+``torch.load(weights_only=True)``, ``.safetensors``, and ``.npz`` with ``allow_pickle=False``; and the one check that
+a file's tensors fit a model."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -15,7 +18,8 @@ import torch
 from napari_hires.errors import HiresError
 
 #: Suffixes of the published checkpoint files napari-hires reads.
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz")
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # torch.save files (.ckpt: trainers' payloads, as xT ships them)
+CHECKPOINT_SUFFIXES = (*_TORCH_SUFFIXES, ".safetensors", ".npz")
 #: Keys under which training scripts keep the model's state dict inside a saved payload, most specific first.
 _PAYLOAD_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "params")
 
@@ -45,7 +49,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         tensors, meta, fmt = _read_npz(path), {}, "npz"
     elif suffix == ".safetensors":
         tensors, meta, fmt = _read_safetensors(path), {}, "safetensors"
-    elif suffix in (".pth", ".pt", ".bin"):
+    elif suffix in _TORCH_SUFFIXES:
         (tensors, meta), fmt = _read_torch(path), "torch"
     else:
         raise HiresError(f"{path} is not a checkpoint napari-hires reads: expected one of "
@@ -85,20 +89,18 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict of a ``torch.save`` file, found inside a trainer's payload and without ``module.``, and the
     payload's plain entries (epoch, metrics, arguments)."""
-    import pickle
-
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HiresError(
-            f"refusing to load {path}: it holds pickled objects other than tensors ({first}), and napari-hires never "
-            "runs code from a checkpoint. Save its state_dict alone (torch.save(model.state_dict(), ...)) or convert "
-            "it to .safetensors in an environment you trust."
+            f"refusing to load {path}: it holds pickled objects other than tensors ({_refused(err)}), and "
+            "napari-hires never runs code from a checkpoint. Save its state_dict alone "
+            "(torch.save(model.state_dict(), ...)) or convert it to .safetensors in an environment you trust."
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
-        raise HiresError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}); it may be truncated: download it again") from None
+        first = str(err).splitlines()[0].split(". ")[0] if str(err) else ""  # torch's reason, not its advice
+        raise HiresError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {first}); it may be "
+                         "truncated: download it again") from None
     state = payload
     while isinstance(state, dict) and not _all_tensors(state):
         inner = next((state[k] for k in _PAYLOAD_KEYS if isinstance(state.get(k), dict)), None)
@@ -110,8 +112,17 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise HiresError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     if state and all(str(k).startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k[len("module."):]: v for k, v in state.items()}
-    meta = {k: v for k, v in payload.items() if not isinstance(v, (dict, torch.Tensor))} if isinstance(payload, dict) else {}
+    plain = payload.items() if isinstance(payload, dict) else ()
+    meta = {k: v for k, v in plain if not isinstance(v, (dict, torch.Tensor))}
     return dict(state), meta
+
+
+def _refused(err: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused (``io.open``), not its advice to load the file unsafely."""
+    text = str(err)
+    found = (re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+             or re.search(r"WeightsUnpickler error: ([^\n]+)", text))
+    return found.group(1).strip() if found else type(err).__name__
 
 
 def _all_tensors(state: Mapping) -> bool:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from napari_hires.errors import HiresError
 from napari_hires.models.base import HiresModel
 from napari_hires.models.checkpoints import Checkpoint, TensorMap, read_checkpoint
@@ -72,6 +74,28 @@ def importers() -> dict[str, Importer]:
 def importable_names() -> list[str]:
     """Every ``--architecture`` name (or glob) an importer accepts, sorted."""
     return sorted(n for imp in importers().values() for n in imp.names)
+
+
+def registered_name(architecture: str | None, default: str, pattern: str, task: str, what: str) -> str:
+    """The registered configuration an importer builds: ``architecture`` when it is one of the untrained ``task``
+    models matching ``pattern``, ``default`` when none is asked for, else an error listing those it accepts."""
+    from napari_hires.models.registry import list_models
+
+    known = list_models(pattern, task=task, trained=False)
+    if architecture is None or architecture in known:
+        return architecture or default
+    raise HiresError(f"{architecture} is not {what} configuration napari-hires imports; name one of "
+                     f"{', '.join(known)}")
+
+
+def build_configured(name: str, found: dict[str, Any]) -> HiresModel:
+    """``create_model(name)`` with the configuration fields a checkpoint gave (``found``); only those that differ
+    from ``name``'s become overrides, so the card records exactly what the file changed."""
+    from napari_hires.models.registry import create_model
+
+    with torch.device("meta"):  # only the configuration is wanted: no memory, no time
+        base = create_model(name).config
+    return create_model(name, **{k: v for k, v in found.items() if v != getattr(base, k)})
 
 
 def _importer_for(checkpoint: Checkpoint, architecture: str | None) -> Importer:
