@@ -158,7 +158,7 @@ class HeldOutBlindSpot:
         first = self.split.patches[0]
         low, high = (first.input_range or dtype_range(first.image.dtype)).fit(first.image.shape[-1])
         rmse = np.sqrt(errors / max(count, 1))
-        return Score(psnr(rmse, 0.0, float(np.mean(high - low))))  # an error of rmse against nothing
+        return Score(float(psnr(rmse, 0.0, float(np.mean(high - low)))))  # an error of rmse against nothing
 
 
 def evaluate_segmentation(model: HiresModel, image: Any, truth: Any, box: Sequence[int], *, level: int = 0,
