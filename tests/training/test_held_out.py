@@ -5,7 +5,6 @@ worse), early stopping on a plateau, and the CLI's score lines."""
 import argparse
 
 import dask.array as da
-import numpy as np
 import pytest
 import torch
 
