@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Any
 
 
@@ -10,6 +11,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_hires.errors import HiresError
     from napari_hires.io.readers import open_image
     from napari_hires.training import fine_tune, train_self_supervised
+    from napari_hires.training.loop import held_out_progress
     from napari_hires.training.sampling import convention_note
 
     settings = train_settings(args)
@@ -17,8 +19,13 @@ def run(args: argparse.Namespace) -> int:
     image = open_image(args.image)
 
     def report(step) -> None:
-        if not args.quiet and (step.step == 1 or step.step % 10 == 0 or step.step == step.steps):
-            print(f"step {step.step}/{step.steps}  loss {step.loss:.4f}  {step.seconds:.0f}s", flush=True)
+        if args.quiet:
+            return
+        if step.step == 1 and step.held_out is not None:
+            print(f"step 0/{step.steps}  {held_out_progress(replace(step.held_out, step=0))}", flush=True)
+        if step.evaluated or step.step == 1 or step.step % 10 == 0 or step.step == step.steps:
+            score = f"  {held_out_progress(step.held_out)}" if step.evaluated else ""
+            print(f"step {step.step}/{step.steps}  loss {step.loss:.4f}  {step.seconds:.0f}s{score}", flush=True)
 
     if args.self_supervised:
         if args.labels:
@@ -33,9 +40,8 @@ def run(args: argparse.Namespace) -> int:
                         zero_is_unlabelled=args.zero_is_unlabelled, settings=settings, callback=report,
                         overwrite=args.overwrite)
     note = "" if job.zero_is_unlabelled is None else f"; {convention_note(job.zero_is_unlabelled)}"
-    note += f"; {job.base_note}" if job.base_note else ""
     print(f"trained {job.result.steps_done} steps in {job.result.seconds:.0f}s on {job.result.device}; "
-          f"wrote {job.path}{note}")
+          f"wrote {job.path}{note}{job.notes}")
     return 0
 
 
@@ -69,7 +75,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--region", nargs=4, type=int, metavar=("Y0", "Y1", "X0", "X1"),
                    help="train only on this level-0 region")
     p.add_argument("--level", type=int, default=0, help="pyramid level to train on")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 200)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="most training steps (default: 1000; training stops earlier once the held-out score stops "
+                        "rising)")
+    p.add_argument("--holdout", type=float, default=None,
+                   help="share of the labelled pixels held out by region to score on (default: 0.2; 0: none, train "
+                        "on all for --steps steps)")
+    p.add_argument("--eval-every", dest="eval_every", type=int, default=None,
+                   help="steps between held-out evaluations (default: 25)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="evaluations without a gain before stopping (default: 6; 0: never stop early)")
     p.add_argument("--batch", type=int, default=None, help="tiles per step (default: 8)")
     p.add_argument("--tile", type=int, default=None, help="training tile side in pixels (default: 256)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.001)")

@@ -43,6 +43,7 @@ class Patch:
     _labelled: np.ndarray | None = field(default=None, repr=False)
     input_range: InputRange | None = None  # the image's raw values that are the model's 0..1 (None: its dtype's)
     zero_is_unlabelled: bool | None = None  # how the labels were read (None: no labels)
+    keep_out: tuple[Box, ...] = ()  # patch pixels no training tile may touch (held-out cells and their gap)
 
     @property
     def labelled(self) -> np.ndarray:
@@ -199,11 +200,35 @@ def _factor(image: Any, level: int) -> tuple[float, float]:
     return factors()[level] if callable(factors) else (1.0, 1.0)
 
 
+def tile_starts_clear(shape: tuple[int, int], tile: int, keep_out: Sequence[Box]) -> np.ndarray:
+    """Which top-left corners (y, x) of a ``tile`` x ``tile`` window inside ``shape`` touch none of ``keep_out``:
+    a boolean (h - tile + 1, w - tile + 1) map."""
+    h, w = shape
+    clear = np.ones((max(0, h - tile + 1), max(0, w - tile + 1)), bool)
+    for box in keep_out:
+        clear[max(0, box.y0 - tile + 1):max(0, box.y1), max(0, box.x0 - tile + 1):max(0, box.x1)] = False
+    return clear
+
+
+def covered_by_tiles(clear: np.ndarray, tile: int, shape: tuple[int, int]) -> np.ndarray:
+    """Which pixels of ``shape`` some tile starting at a ``clear`` corner covers: a boolean (h, w) map."""
+    h, w = shape
+    table = np.zeros((clear.shape[0] + 1, clear.shape[1] + 1), np.int64)
+    np.cumsum(np.cumsum(clear, axis=0), axis=1, out=table[1:, 1:])
+    # the corners of tiles covering pixel p along one axis: [p - tile + 1, p], within the map
+    y_lo, y_hi = np.clip(np.arange(h) - tile + 1, 0, clear.shape[0]), np.clip(np.arange(h) + 1, 0, clear.shape[0])
+    x_lo, x_hi = np.clip(np.arange(w) - tile + 1, 0, clear.shape[1]), np.clip(np.arange(w) + 1, 0, clear.shape[1])
+    count = (table[np.ix_(y_hi, x_hi)] - table[np.ix_(y_lo, x_hi)] - table[np.ix_(y_hi, x_lo)]
+             + table[np.ix_(y_lo, x_lo)])
+    return count > 0
+
+
 class TileSampler:
     """Draws square tiles from patches, each around a random labelled pixel, so sparse labels are found quickly.
 
     Patches smaller than the tile are padded (reflected pixels, unlabelled classes). Patches are chosen in
-    proportion to their labelled pixels.
+    proportion to their labelled pixels. No tile touches a patch's ``keep_out`` boxes (the held-out cells of
+    :mod:`napari_hires.training.split`, which leaves only labelled pixels some such tile covers).
     """
 
     def __init__(self, patches: Sequence[Patch], tile: int) -> None:
@@ -213,6 +238,8 @@ class TileSampler:
             raise HiresError(f"training tiles must be at least 8 px, got {tile}")
         self.tile = tile
         self.patches = [_pad(p, tile) for p in patches]
+        self._clear = [tile_starts_clear(p.image.shape[:2], tile, p.keep_out) if p.keep_out else None
+                       for p in self.patches]
         counts = np.array([len(p.labelled) for p in self.patches], dtype=np.float64)
         self.weights = counts / counts.sum()
 
@@ -235,6 +262,12 @@ class TileSampler:
             cy, cx = divmod(int(p.labelled[rng.integers(len(p.labelled))]), w)
             y0 = int(np.clip(cy - rng.integers(t), 0, h - t))
             x0 = int(np.clip(cx - rng.integers(t), 0, w - t))
+            clear = self._clear[k]
+            if clear is not None and not clear[y0, x0]:  # one of the clear tiles over the pixel instead
+                ys, xs = max(0, cy - t + 1), max(0, cx - t + 1)
+                free = np.argwhere(clear[ys:cy + 1, xs:cx + 1])
+                dy, dx = free[rng.integers(len(free))]
+                y0, x0 = ys + int(dy), xs + int(dx)
             images.append(p.image[y0:y0 + t, x0:x0 + t])
             if p.labels is not None:
                 labels.append(p.labels[y0:y0 + t, x0:x0 + t])
@@ -250,10 +283,9 @@ def _pad(patch: Patch, tile: int) -> Patch:
     mode = "reflect" if ph < h and pw < w else "edge"
     image = np.pad(patch.image, ((0, ph), (0, pw), (0, 0)), mode=mode)
     labels = None if patch.labels is None else np.pad(patch.labels, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
-    if labels is None:  # unlabelled data: only the real pixels are tile centres
-        keep = np.zeros((h + ph, w + pw), bool)
-        keep[:h, :w] = True
-        return replace(patch, image=image, _labelled=np.flatnonzero(keep.ravel()))
+    if labels is None:  # unlabelled data: only the real pixels (those not held out) are tile centres
+        ys, xs = np.divmod(patch.labelled, w)
+        return replace(patch, image=image, _labelled=ys * (w + pw) + xs)
     return replace(patch, image=image, labels=labels, _labelled=None)
 
 

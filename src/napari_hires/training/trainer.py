@@ -1,7 +1,8 @@
 """Whole training jobs, headless: fine-tune on corrected labels, or learn to denoise an image on its own.
 
-Each job reads the regions, trains, and saves a model file whose card records where the weights came from (base
-model, data, regions, settings, losses). A job is a generator of training steps (``fine_tune_steps``,
+Each job reads the regions, holds about a fifth of the labelled pixels out by region (:mod:`.split`), trains while
+scoring them, and saves the best state as a model file whose card records where the weights came from (base model,
+data, regions, held-out cells, settings, losses) and its held-out scores (before, best and its step, final). A job is a generator of training steps (``fine_tune_steps``,
 ``self_supervised_steps``) that the API and ``napari-hires train`` drain (``fine_tune``, ``train_self_supervised``)
 and the Fine-tune widget hands to napari's worker.
 """
@@ -19,10 +20,21 @@ from napari_hires.errors import HiresError, OutputExistsError
 from napari_hires.models.base import HiresModel
 from napari_hires.models.card import ModelCard
 from napari_hires.models.registry import create_model, untrained_note
-from napari_hires.training.loop import StepInfo, TrainResult, TrainSettings, settings_record, training_steps
-from napari_hires.training.losses import segmentation_objective
-from napari_hires.training.sampling import IGNORE_INDEX, Region, TileSampler, read_patches
+from napari_hires.training.evaluate import HeldOutBlindSpot, HeldOutDice
+from napari_hires.training.loop import (
+    HeldOutScorer,
+    StepInfo,
+    TrainResult,
+    TrainSettings,
+    held_out_metrics,
+    held_out_summary,
+    settings_record,
+    training_steps,
+)
+from napari_hires.training.losses import Objective, segmentation_objective
+from napari_hires.training.sampling import IGNORE_INDEX, Patch, Region, TileSampler, read_patches
 from napari_hires.training.selfsupervised import MASK_RATIO, blind_spot_objective
+from napari_hires.training.split import Split, split_patches
 
 #: The restoration model trained when the user names none: a one-stage MAXIM small enough for CPU training.
 SELF_SUPERVISED_MODEL = "maxim_nano"
@@ -38,6 +50,12 @@ class TrainingJob:
     path: Path | None
     zero_is_unlabelled: bool | None = None  # the label convention fine-tuning used (None: no labels)
     base_note: str = ""  # that the model fine-tuned had no trained weights, and what to use instead; empty if it had
+    held_out_note: str = ""  # what was held out and how its score went (or why nothing was), in words
+
+    @property
+    def notes(self) -> str:
+        """The job's notes for a one-line summary: "; "-joined, each after a "; "."""
+        return "".join(f"; {n}" for n in (self.base_note, self.held_out_note) if n)
 
 
 def _model_name(model: str | os.PathLike | HiresModel) -> str:
@@ -99,6 +117,25 @@ def _check_out(out: str | os.PathLike | None, overwrite: bool, inputs: Sequence[
         raise OutputExistsError(f"{weights} already exists; choose another --out or pass --overwrite")
 
 
+def _held_out_steps(
+    net: HiresModel,
+    patches: Sequence[Patch],
+    objective: Objective,
+    settings: TrainSettings,
+    scorer: Callable[[Split], HeldOutScorer],
+    cancel: CancelToken | None,
+) -> Generator[StepInfo, None, tuple[TrainResult, Split, dict[str, Any], str]]:
+    """Split ``patches``, train on the rest while ``scorer`` scores the held-out cells; returns the result, the
+    split, the card's metrics and the held-out note."""
+    split = split_patches(patches, settings.tile, net.halo, fraction=settings.holdout, seed=settings.seed)
+    score = scorer(split) if split.held_out else None
+    result = yield from training_steps(net, TileSampler(split.train, settings.tile), objective, settings,
+                                       cancel=cancel, held_out=score)
+    metrics = {} if score is None else {"held_out": held_out_metrics(result, score)}
+    note = "; ".join(n for n in (split.note, held_out_summary(result)) if n)
+    return result, split, metrics, note
+
+
 def fine_tune(
     image: Any,
     labels: Any,
@@ -152,8 +189,9 @@ def fine_tune_steps(
         net.name, "fine-tuning started from random weights, which needs far more labels and steps than trained ones")
     patches = read_patches(image, labels, level=level, regions=regions, num_classes=net.out_channels,
                            ignore_index=ignore_index, zero_is_unlabelled=zero_is_unlabelled, seed=settings.seed)
-    result = yield from training_steps(net, TileSampler(patches, settings.tile), segmentation_objective(), settings,
-                                       cancel=cancel)
+    result, split, metrics, note = yield from _held_out_steps(
+        net, patches, segmentation_objective(), settings,
+        lambda s: HeldOutDice(s, device=settings.device, precision=settings.precision), cancel)
     path = None
     if out is not None and not result.cancelled:
         provenance = {
@@ -164,12 +202,12 @@ def fine_tune_steps(
             "data": {"image": _origin(image), "labels": _origin(labels), "level": level,
                      "regions": [list(r) for r in regions] if regions else "whole level",
                      "labelled_pixels": int(sum(len(p.labelled) for p in patches)),
-                     "zero_is_unlabelled": patches[0].zero_is_unlabelled},
+                     "zero_is_unlabelled": patches[0].zero_is_unlabelled, "held_out": split.record()},
             "settings": settings_record(settings, result),
         }
         extra = _class_fields(net, labels)
-        path = save_trained(net, out, trained_card(net, provenance, **extra), overwrite=overwrite)
-    return TrainingJob(net, result, path, patches[0].zero_is_unlabelled, base_note)
+        path = save_trained(net, out, trained_card(net, provenance, metrics, **extra), overwrite=overwrite)
+    return TrainingJob(net, result, path, patches[0].zero_is_unlabelled, base_note, note)
 
 
 def train_self_supervised(
@@ -219,8 +257,10 @@ def self_supervised_steps(
         raise HiresError(f"{base} is a {net.task} model; self-supervised "
                          "training needs a restoration model such as maxim_nano")
     patches = read_patches(image, None, level=level, regions=regions, seed=settings.seed)
-    result = yield from training_steps(net, TileSampler(patches, settings.tile), blind_spot_objective(mask_ratio),
-                                       settings, cancel=cancel)
+    result, split, metrics, note = yield from _held_out_steps(
+        net, patches, blind_spot_objective(mask_ratio), settings,
+        lambda s: HeldOutBlindSpot(s, settings.tile, ratio=mask_ratio, seed=settings.seed, device=settings.device,
+                                   precision=settings.precision), cancel)
     path = None
     if out is not None and not result.cancelled:
         provenance = {
@@ -231,11 +271,11 @@ def self_supervised_steps(
             "data": {"image": _origin(image), "level": level,
                      "regions": [list(r) for r in regions] if regions else
                      [[p.origin[0], p.origin[0] + p.image.shape[0], p.origin[1], p.origin[1] + p.image.shape[1]]
-                      for p in patches]},
+                      for p in patches], "held_out": split.record()},
             "settings": settings_record(settings, result),
         }
-        path = save_trained(net, out, trained_card(net, provenance), overwrite=overwrite)
-    return TrainingJob(net, result, path)
+        path = save_trained(net, out, trained_card(net, provenance, metrics), overwrite=overwrite)
+    return TrainingJob(net, result, path, held_out_note=note)
 
 
 def _origin(data: Any) -> str:

@@ -214,7 +214,8 @@ class TrainWidget(DockWidget):
                                         tooltip="the selected (else the first) shape of this Shapes layer")
         self.model_section(self._model_choices())
         defaults = TrainSettings()  # the form starts where the API and the CLI do
-        self.steps = SpinBox(label="steps", min=1, max=100_000, value=defaults.steps)
+        self.steps = SpinBox(label="steps", min=1, max=100_000, value=defaults.steps,
+                             tooltip="the most steps: training stops earlier once the held-out score stops rising")
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=defaults.lr)
         self.lr.native.setDecimals(6)
         self.batch = SpinBox(label="batch", min=1, max=256, value=defaults.batch)
@@ -361,10 +362,13 @@ class TrainWidget(DockWidget):
                      yielded=self._on_step, returned=self._on_trained, errored=self._on_error)
 
     def _on_step(self, step: Any) -> None:
+        from napari_hires.training.loop import held_out_progress
+
         self.curve.add_point(step.loss)
         self.progress.value = step.step
         if not (self.cancel_token and self.cancel_token.cancelled):
-            self.status.value = f"step {step.step}/{step.steps} · loss {step.loss:.4f} · {step.seconds:.0f} s"
+            score = "" if step.held_out is None else f" · {held_out_progress(step.held_out)}"
+            self.status.value = f"step {step.step}/{step.steps} · loss {step.loss:.4f} · {step.seconds:.0f} s{score}"
 
     def _on_trained(self, job: Any) -> None:
         from napari_hires.training.sampling import convention_note
@@ -377,7 +381,7 @@ class TrainWidget(DockWidget):
         self._output_auto = True
         note = "" if job.zero_is_unlabelled is None else f"; {convention_note(job.zero_is_unlabelled)}"
         self.status.value = (f"trained {result.steps_done} steps in {result.seconds:.1f} s on {result.device}; "
-                             f"saved {job.path}{note}")
+                             f"saved {job.path}{note}{job.notes}")
 
     def _on_error(self, err: Exception) -> None:
         report_error(self.status, err, (*USER_ERRORS, ValueError))
