@@ -167,7 +167,7 @@ def fine_tune_steps(
                      "zero_is_unlabelled": patches[0].zero_is_unlabelled},
             "settings": settings_record(settings, result),
         }
-        extra = _class_fields(net, labels)
+        extra = {**_class_fields(net, labels), **trained_at(image, level)}
         path = save_trained(net, out, trained_card(net, provenance, **extra), overwrite=overwrite)
     return TrainingJob(net, result, path, patches[0].zero_is_unlabelled, base_note)
 
@@ -234,8 +234,20 @@ def self_supervised_steps(
                       for p in patches]},
             "settings": settings_record(settings, result),
         }
-        path = save_trained(net, out, trained_card(net, provenance), overwrite=overwrite)
+        path = save_trained(net, out, trained_card(net, provenance, **trained_at(image, level)), overwrite=overwrite)
     return TrainingJob(net, result, path)
+
+
+def trained_at(image: Any, level: int) -> dict[str, Any]:
+    """The card's pixel_size and pixel_unit: those of ``level`` of the training image, or None when its metadata
+    has none (a base model's size is not kept, as the new weights learnt from this image)."""
+    from napari_hires.engine.source import opened
+    from napari_hires.io.physical import pixel_size
+    from napari_hires.io.pyramid import Pyramid
+
+    image = opened(image)
+    size = pixel_size(image, level) if isinstance(image, Pyramid) else None
+    return {"pixel_size": size.value if size else None, "pixel_unit": size.unit if size else None}
 
 
 def _origin(data: Any) -> str:
