@@ -104,3 +104,22 @@ def test_a_microscopy_model_on_a_satellite_image_warns(tmp_path):
     net.card = card_for(net, pixel_size=0.5, pixel_unit="micrometer")
     with pytest.warns(ResolutionMismatchWarning, match=r"model trained at 0.50 um/px.*level 0 10 m/px"):
         plan_prediction(image, net, tmp_path / "out.zarr", **SETTINGS).close()
+
+
+def test_cli_picks_the_level_without_level_flag_and_says_so(slide, tmp_path, capsys):
+    from napari_hires import cli
+    from napari_hires.io.ome_zarr_writer import write_ome_zarr
+    from napari_hires.models import save_model
+
+    scanned = replace(slide, scale=(0.5, 0.5, 1.0), units={"y": "micrometer", "x": "micrometer"},
+                      nominal_pixel_size=None)
+    image = write_ome_zarr(scanned, tmp_path / "scan.zarr")
+    net = _model(1.0)
+    model = str(save_model(net, tmp_path / "at1um.safetensors", net.card))
+    out = str(tmp_path / "out.zarr")
+    assert cli.main(["predict", image, out, "--model", model, "--region", "0", "256", "0", "256", "--tile", "128",
+                     "--overlap", "32", "--device", "cpu", "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert "warning: model trained at 1.00 um/px; running on level 1 (1.00 um/px) of the image" in said.err
+    assert said.out.strip().endswith("running on level 1 (1.00 um/px) of the image")
+    assert zarr.open_group(out, mode="r")["0"].shape == (512, 512)
