@@ -37,6 +37,14 @@ class UntrainedModelWarning(HiresWarning):
     """A registered architecture without trained weights: its output is random, good only for trying the pipeline."""
 
 
+class ResolutionMismatchWarning(HiresWarning):
+    """No level of the image has the pixel size the model was trained at (within 25 %): its output may be poor."""
+
+
+class LevelChosenWarning(HiresWarning):
+    """The run goes on a coarser pyramid level than full resolution, the one whose pixel size matches the model's."""
+
+
 #: errno of a failed write -> (what happened, what to do), in the words of every "cannot write" error.
 WRITE_ERRORS = {
     errno.EROFS: ("read-only file system", "choose another output"),

@@ -31,9 +31,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("output", help="output .zarr path")
     p.add_argument("--model", required=True, metavar="NAME|FILE",
                    help="a registered model name or a model file (.safetensors with its .json card)")
-    p.add_argument("--level", type=non_negative, default=0, help="pyramid level of INPUT to predict (0: full)")
+    p.add_argument("--level", type=non_negative, default=None,
+                   help="pyramid level of INPUT to predict (0: full; default: the level whose pixel size matches the "
+                        "model's, else 0)")
     p.add_argument("--region", nargs=4, type=non_negative, metavar=("Y0", "Y1", "X0", "X1"),
-                   help="predict only this rectangle (pixels of --level)")
+                   help="predict only this rectangle (pixels of --level; of level 0 without --level)")
     p.add_argument("--tile", type=positive, default=None,
                    help="model input tile side in pixels (default: the model's own, from its card)")
     p.add_argument("--overlap", type=non_negative, default=None,
@@ -102,7 +104,7 @@ def summary(result: Any) -> str:
     return (f"predicted {result.pixels:,} pixels in {result.seconds:.1f} s ({result.megapixels_per_second:.2f} "
             f"megapixels/s), {result.tiles} tiles (k = {result.overlap_factor:.2f}), blocks: {result.blocks_done} "
             f"done, {result.blocks_skipped} skipped of {result.blocks_total} -> {result.path}"
-            + result.scaling_note)
+            + result.scaling_note + result.resolution_words)
 
 
 def _check_before_cluster(image: str, model: str) -> None:

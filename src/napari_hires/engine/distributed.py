@@ -48,7 +48,7 @@ def predict_distributed(
     options: RunOptions | None = None,
     *,
     client: Client,
-    level: int = 0,
+    level: int | None = None,
     region: tuple[int, int, int, int] | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -74,7 +74,7 @@ def run_distributed(
     options: RunOptions | None = None,
     *,
     client: Client,
-    level: int = 0,
+    level: int | None = None,
     region: tuple[int, int, int, int] | None = None,
     overwrite: bool = False,
     cancel: CancelToken | None = None,
@@ -86,8 +86,8 @@ def run_distributed(
     started = time.perf_counter()
     options = options or RunOptions()
     image, out = os.path.abspath(image_path), os.path.abspath(out)
-    where = dict(level=level, region=region)
-    plan = plan_prediction(image, model, out, options, overwrite=overwrite, **where)  # holds the output's lock
+    plan = plan_prediction(image, model, out, options, overwrite=overwrite, level=level, region=region)  # locks out
+    where = dict(level=plan.resolution.level, region=plan.region)  # as planned, the level chosen once
 
     def blocks() -> Generator[BlockWritten, None, RunCounts]:
         if not plan.todo:

@@ -24,9 +24,10 @@ from napari_hires.engine.events import BlockWritten, Finishing, Planned, block_p
 from napari_hires.engine.intensity import InputRange
 from napari_hires.engine.options import RunOptions
 from napari_hires.engine.output import OutputSpec, create_output, run_record, weights_digest
+from napari_hires.engine.resolution import LevelChoice, choose_level, region_at
 from napari_hires.engine.regions import channel_adapter, classify_pixels, dense_output, heatmap_input, read_padded
 from napari_hires.engine.runner import CancelToken, Cancelled, TileRunner
-from napari_hires.engine.source import ImageSource, as_source
+from napari_hires.engine.source import ImageSource, as_source, opened
 from napari_hires.engine.tiling import Box, TileLayout, context_box
 from napari_hires.errors import HiresError, UntrainedModelWarning
 from napari_hires.io.job_identity import content_identity
@@ -56,6 +57,8 @@ class PredictionResult:
     cancelled: bool = False
     layout: TileLayout | None = field(default=None, repr=False)
     input_range: InputRange | None = None  # the raw values that were the model's 0..1
+    level: int = 0  # the pyramid level predicted
+    resolution_note: str = ""  # the model's and the level's pixel sizes, when both are known
 
     @property
     def overlap_factor(self) -> float:
@@ -72,6 +75,11 @@ class PredictionResult:
         plain 8-bit case, where there is nothing to say."""
         scaled = self.input_range
         return "" if scaled is None or scaled.plain else f"; {scaled.describe()}"
+
+    @property
+    def resolution_words(self) -> str:
+        """The level chosen for the model's pixel size, as a report's last words; empty when no size is known."""
+        return f"; {self.resolution_note}" if self.resolution_note else ""
 
 
 def resolve_model(model: str | os.PathLike | HiresModel, *, untrained_ok: bool = False) -> HiresModel:
@@ -123,6 +131,8 @@ class PredictionPlan:
     skipped: int  # blocks an earlier run of the same job finished
     options: RunOptions = field(default_factory=RunOptions)
     lock: OutputLock | None = None  # this run's hold on the output, until close()
+    resolution: LevelChoice = field(default_factory=lambda: LevelChoice(0))  # the level predicted, and why
+    region: tuple[int, int, int, int] | None = None  # the rectangle predicted, in pixels of that level
 
     @property
     def complete(self) -> bool:
@@ -141,7 +151,8 @@ class PredictionPlan:
             path=path, task=self.net.task, pixels=counts.pixels, seconds=seconds, tiles=counts.tiles,
             tile_pixels=counts.tile_pixels, blocks_done=counts.blocks, blocks_skipped=self.skipped,
             blocks_total=len(self.todo) + self.skipped, cancelled=counts.blocks < len(self.todo),
-            layout=self.layout, input_range=self.source.input_range,
+            layout=self.layout, input_range=self.source.input_range, level=self.resolution.level,
+            resolution_note=self.resolution.note,
         )
 
 
@@ -151,7 +162,7 @@ def plan_prediction(
     out: str | os.PathLike,
     options: RunOptions | None = None,
     *,
-    level: int = 0,
+    level: int | None = None,
     region: tuple[int, int, int, int] | None = None,
     mask: Any = None,
     overwrite: bool = False,
@@ -166,11 +177,15 @@ def plan_prediction(
     A store begun by the same job resumes; one that the same job completed is reopened with nothing to do.
     """
     options = RunOptions.of(options, **changes)
-    source = as_source(image, level)
+    image = opened(image)
+    source = as_source(image, level or 0)
     model_file = os.fspath(model) if isinstance(model, (str, os.PathLike)) and os.path.exists(model) else None
     check_output(out, [source.path, model_file])
     check_writable(out)
     net = resolve_model(model, untrained_ok=True)  # warned below, once the run is sure to start
+    resolution = choose_level(image, net.card, level, warn=hold_lock)  # a cluster's workers repeat no warning
+    if resolution.level != (level or 0):
+        source, region = as_source(image, resolution.level), region_at(region, image, resolution.level)
     channel_adapter(source.channels, net.in_channels, source.name)
     layout, chunk, block, factor = options.grid(net)
     bounds = source.bounds
@@ -216,7 +231,8 @@ def plan_prediction(
         todo.append((index, box, want))
     if isinstance(model, (str, os.PathLike)) and model_file is None:
         warn_if_untrained(net)
-    return PredictionPlan(source, net, layout, spec, classify, stride, todo, skipped, options, lock)
+    return PredictionPlan(source, net, layout, spec, classify, stride, todo, skipped, options, lock, resolution,
+                          region)
 
 
 def planned_run(plan: PredictionPlan, out: str, blocks: Callable[[], Generator[BlockWritten, None, RunCounts]],
@@ -242,7 +258,7 @@ def run_prediction(
     out: str | os.PathLike,
     options: RunOptions | None = None,
     *,
-    level: int = 0,
+    level: int | None = None,
     region: tuple[int, int, int, int] | None = None,
     mask: Any = None,
     overwrite: bool = False,
@@ -265,7 +281,7 @@ def predict(
     out: str | os.PathLike,
     options: RunOptions | None = None,
     *,
-    level: int = 0,
+    level: int | None = None,
     region: tuple[int, int, int, int] | None = None,
     mask: Any = None,
     overwrite: bool = False,
@@ -278,10 +294,12 @@ def predict(
     ``options`` (:class:`RunOptions`, or any of its fields as keywords: ``tile``, ``overlap``, ``batch``, ``block``,
     ``chunk``, ``device``, ``precision``, ``probabilities``, ``prefetch``, ``live_pyramid``) say how: ``overlap``
     defaults to the model's halo plus a cross-fade, ``tile`` to the model's ``tile_size``, ``batch`` to the device's.
-    ``region`` (y0, y1, x0, x1 in pixels of that level) or ``mask`` (a 2-d boolean array at any resolution covering
-    the image; blocks it leaves empty are skipped) limit the work. Rerunning the same call resumes an interrupted run
-    (on the same input content; a changed input is refused, saying what changed) and finds a finished one complete,
-    doing nothing; ``overwrite`` starts again. One run at a time writes an output (a lock beside it).
+    ``level`` left None is the one whose pixel size matches the model card's (level 0 when either has none; see
+    engine/resolution.py: a level more than 25 % off the card's warns, and a coarser level chosen says so).
+    ``region`` (y0, y1, x0, x1 in pixels of that level; of level 0 when the level is left to choose) or ``mask`` (a
+    2-d boolean array at any resolution covering the image; blocks it leaves empty are skipped) limit the work.
+    Rerunning the same call resumes an interrupted run (on the same input content; a changed input is refused,
+    saying what changed) and finds a finished one complete, doing nothing; ``overwrite`` starts again. One run at a time writes an output (a lock beside it).
     ``live_pyramid`` refreshes the coarser levels under each block as it is written, so that a viewer shows the
     result filling in at every zoom. ``progress(done, total, box)`` hears of each written block.
     """

@@ -80,12 +80,18 @@ class ImageSource:
         return data
 
 
-def as_source(image: Pyramid | Any, level: int = 0) -> ImageSource:
-    """An :class:`ImageSource` from a Pyramid level, a path (opened with ``open_image``), or a 2-d/3-d array."""
+def opened(image: Pyramid | Any) -> Pyramid | Any:
+    """A path opened as a Pyramid (with ``open_image``); anything else as it is."""
     if isinstance(image, (str, os.PathLike)):
         from napari_hires.io.readers import open_image
 
-        image = open_image(os.path.abspath(image))  # absolute: the run record must not depend on the cwd
+        return open_image(os.path.abspath(image))  # absolute: the run record must not depend on the cwd
+    return image
+
+
+def as_source(image: Pyramid | Any, level: int = 0) -> ImageSource:
+    """An :class:`ImageSource` from a Pyramid level, a path (opened with ``open_image``), or a 2-d/3-d array."""
+    image = opened(image)
     if isinstance(image, Pyramid):
         if not 0 <= level < len(image.levels):
             raise HiresError(f"{image.name} has levels 0 to {len(image.levels) - 1}; level {level} does not exist")

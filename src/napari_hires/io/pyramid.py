@@ -12,6 +12,8 @@ from typing import Any, Literal, Sequence
 import dask.array as da
 import numpy as np
 
+from napari_hires.io.physical import PixelSize
+
 LayerKind = Literal["image", "labels"]
 
 #: Axis letters as in OME-NGFF: time, channel, z, y, x. TIFF RGB samples are "c" last.
@@ -28,7 +30,8 @@ class Pyramid:
     """A multiscale image: ``levels[0]`` is full resolution, each next level coarser in y and x.
 
     ``scale`` and ``translation`` are per axis of ``axes`` for level 0 (physical units, e.g. µm);
-    coarser levels inherit them and napari infers their downsampling from the shapes.
+    coarser levels inherit them and napari infers their downsampling from the shapes. ``nominal_pixel_size`` is the
+    physical size of a level-0 pixel where ``scale`` stays in pixels (the synthetic slide); see io/physical.py.
     """
 
     levels: list[da.Array]
@@ -44,6 +47,7 @@ class Pyramid:
     class_names: dict[int, str] = field(default_factory=dict)
     class_colors: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
     source: str | None = None
+    nominal_pixel_size: PixelSize | None = None
 
     def __post_init__(self) -> None:
         if not self.levels:

@@ -18,6 +18,8 @@ from napari_hires.io.readers import image_contrast, lazy_level
 _TIFF_AXES = {"T": "t", "C": "c", "Z": "z", "Y": "y", "X": "x", "S": "c"}
 #: Microns per unit of OME PhysicalSize*Unit.
 _UM_PER = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+#: Pixels per inch that image editors write when nothing was measured.
+_SCREEN_DPI = {72, 96}
 #: An axis no metadata names (tifffile's "Q" for a plain ``imwrite`` of a (5, H, W) array, "I" for a run of pages)
 #: with 2 to this many planes is read as channels when the file has no channel axis; a longer one is a t or z stack.
 MAX_GUESSED_CHANNELS = 8
@@ -111,7 +113,8 @@ def _axes(tiff_axes: str, shape: tuple[int, ...], path: Path) -> tuple[tuple[Any
 
 
 def _physical(tif: Any, axes: str, ndim: int) -> tuple[tuple[float, ...], dict[str, str], list[str] | None]:
-    """Pixel size in µm (OME PhysicalSize, SVS MPP), units, and OME channel names; 1.0 where unknown."""
+    """Pixel size in µm (OME PhysicalSize, SVS MPP, else resolution tags), units, and OME channel names; 1.0 where
+    unknown."""
     import tifffile
 
     sizes: dict[str, float] = {}
@@ -132,9 +135,32 @@ def _physical(tif: Any, axes: str, ndim: int) -> tuple[tuple[float, ...], dict[s
         mpp = tifffile.tifffile.svs_description_metadata(tif.pages.first.description).get("MPP")
         if isinstance(mpp, (int, float)) and mpp > 0:
             sizes = {"y": float(mpp), "x": float(mpp)}
+    else:
+        sizes = _resolution_tags(tif)
     scale = tuple(sizes.get(a, 1.0) for a in axes)
     units = {a: "micrometer" for a in sizes if a in axes}
     return scale, units, names
+
+
+def _resolution_tags(tif: Any) -> dict[str, float]:
+    """µm per pixel in y and x from the TIFF resolution tags: pixels per centimetre or inch, or per ImageJ unit.
+    None of those (unit NONE without ImageJ's unit), or 72 or 96 pixels per inch (the screen resolution image editors
+    write by default, not a measurement), give no size."""
+    page = tif.pages.first
+    x, y = page.get_resolution()
+    unit = int(page.resolutionunit)
+    if unit == 3:  # RESUNIT.CENTIMETER
+        um_per_unit = 1e4
+    elif unit == 2 and not {round(x), round(y)} <= _SCREEN_DPI:  # RESUNIT.INCH
+        um_per_unit = 25400.0
+    elif unit == 1 and tif.is_imagej:
+        name = str((tif.imagej_metadata or {}).get("unit", "")).replace("\\u00B5", "µ")
+        um_per_unit = _UM_PER.get("um" if name == "micron" else name)
+    else:
+        um_per_unit = None
+    if um_per_unit is None or not x > 0 or not y > 0:
+        return {}
+    return {"y": um_per_unit / y, "x": um_per_unit / x}
 
 
 def open_flat(path: Path) -> Pyramid:

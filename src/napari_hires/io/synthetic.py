@@ -21,6 +21,7 @@ from scipy.special import ndtr
 
 from napari_hires.errors import HiresError
 from napari_hires.io import _procedural as pr
+from napari_hires.io.physical import PixelSize
 from napari_hires.io.pyramid import Pyramid
 
 DEFAULT_SIZE: tuple[int, int] = (131072, 131072)  # ~17 gigapixels
@@ -32,6 +33,9 @@ CLASS_COLORS: dict[int, tuple[float, float, float, float]] = {
     3: (1.0, 0.85, 0.1, 1.0),
 }
 VARIANTS = ("clean", "noisy", "blurred")
+#: What a level-0 pixel stands for: a 20x scan (0.5 um/px), at which its 8-12 px epithelial nuclei measure 4-6 um.
+#: The scale stays in pixels (the slide is shown and addressed in pixels); this is the Pyramid's nominal pixel size.
+PIXEL_SIZE = PixelSize(0.5, "micrometer")
 #: Degradations at level 0; level k gets them scaled by 2^-k (what averaging 2^k x 2^k level-0 pixels does).
 NOISE_SIGMA = 20.0
 BLUR_SIGMA = 2.0
@@ -384,6 +388,7 @@ def synthetic_slide(
         name="synthetic slide",
         channel_names=["R", "G", "B"],
         source=None,
+        nominal_pixel_size=PIXEL_SIZE,
     )
     truth = Pyramid(
         levels=labels,
@@ -395,5 +400,6 @@ def synthetic_slide(
         class_names=dict(CLASS_NAMES),
         class_colors=dict(CLASS_COLORS),
         source=None,
+        nominal_pixel_size=PIXEL_SIZE,
     )
     return image, truth

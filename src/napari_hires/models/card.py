@@ -13,6 +13,11 @@ from napari_hires.errors import HiresError
 CARD_VERSION = 1
 #: What a model does; the engine writes labels, an image or a heatmap accordingly.
 TASKS = ("segmentation", "restoration", "classification")
+#: Units of a card's ``pixel_size``, as OME-NGFF names them: micrometres for microscopy, metres for remote sensing.
+PIXEL_UNITS = ("micrometer", "meter")
+#: Fields written only when set, so that a card without them stays readable by a napari-hires that predates them
+#: (whose reader refuses unknown fields): adding them needs no new card version.
+_OPTIONAL = ("pixel_size", "pixel_unit")
 
 
 @dataclass
@@ -49,10 +54,18 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""  # digest of the weights file, written by save_model and checked by load_model
+    #: Physical size of one input pixel of the images the model learnt from, in ``pixel_unit``; None when unknown.
+    #: ``predict`` runs on the image level whose pixel size matches it (engine/resolution.py).
+    pixel_size: float | None = None
+    pixel_unit: str | None = None  # one of PIXEL_UNITS, set with pixel_size
     version: int = CARD_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        data = asdict(self)
+        for name in _OPTIONAL:
+            if data[name] is None:
+                del data[name]
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str = "model card") -> "ModelCard":
@@ -138,6 +151,12 @@ class ModelCard:
         digest = self.weights_sha256
         if not isinstance(digest, str) or digest and (len(digest) != 64 or set(digest) - set("0123456789abcdef")):
             refuse("weights_sha256", digest, "64 hexadecimal digits (a sha256), or absent")
+        if self.pixel_size is not None and (not _number(self.pixel_size) or self.pixel_size <= 0):
+            refuse("pixel_size", self.pixel_size, "a number greater than 0, or absent")
+        if (self.pixel_size is None) != (self.pixel_unit is None):
+            refuse("pixel_unit", self.pixel_unit, "given with pixel_size and only with it")
+        if self.pixel_unit is not None and self.pixel_unit not in PIXEL_UNITS:
+            refuse("pixel_unit", self.pixel_unit, "one of " + ", ".join(PIXEL_UNITS))
         if not _whole(self.version) or not 1 <= self.version <= CARD_VERSION:
             refuse("version", self.version, f"a whole number from 1 to {CARD_VERSION}")
         return self

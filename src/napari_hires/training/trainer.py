@@ -205,7 +205,7 @@ def fine_tune_steps(
                      "zero_is_unlabelled": patches[0].zero_is_unlabelled, "held_out": split.record()},
             "settings": settings_record(settings, result),
         }
-        extra = _class_fields(net, labels)
+        extra = {**_class_fields(net, labels), **trained_at(image, level)}
         path = save_trained(net, out, trained_card(net, provenance, metrics, **extra), overwrite=overwrite)
     return TrainingJob(net, result, path, patches[0].zero_is_unlabelled, base_note, note)
 
@@ -274,8 +274,21 @@ def self_supervised_steps(
                       for p in patches], "held_out": split.record()},
             "settings": settings_record(settings, result),
         }
-        path = save_trained(net, out, trained_card(net, provenance, metrics), overwrite=overwrite)
+        path = save_trained(net, out, trained_card(net, provenance, metrics, **trained_at(image, level)),
+                            overwrite=overwrite)
     return TrainingJob(net, result, path, held_out_note=note)
+
+
+def trained_at(image: Any, level: int) -> dict[str, Any]:
+    """The card's pixel_size and pixel_unit: those of ``level`` of the training image, or None when its metadata
+    has none (a base model's size is not kept, as the new weights learnt from this image)."""
+    from napari_hires.engine.source import opened
+    from napari_hires.io.physical import pixel_size
+    from napari_hires.io.pyramid import Pyramid
+
+    image = opened(image)
+    size = pixel_size(image, level) if isinstance(image, Pyramid) else None
+    return {"pixel_size": size.value if size else None, "pixel_unit": size.unit if size else None}
 
 
 def _origin(data: Any) -> str:

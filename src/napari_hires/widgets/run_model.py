@@ -77,6 +77,7 @@ class RunModelWidget(DockWidget):
         self.overwrite = CheckBox(label="overwrite", value=False,
                                   tooltip="replace an existing store at the output instead of resuming or refusing")
         self.resume = Label(label="resume", value="")
+        self.resolution = Label(label="resolution", value="")  # the level run on for the model's pixel size
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(min=0, max=1, value=0)
@@ -93,7 +94,7 @@ class RunModelWidget(DockWidget):
         self.finished = Container(widgets=[self.reuse_button, self.overwrite_button, self.new_button],
                                   layout="horizontal", labels=False, visible=False)
         self.set_content(self._form, message_rows(self.auto, self.estimate, self.resume), self._run_row,
-                         self.finished, message_rows(self.status))
+                         self.finished, message_rows(self.resolution, self.status))
         self.job_buttons(self.run_button, self.cancel_button)
 
         self._models: dict[str, Any] = {}
@@ -319,6 +320,7 @@ class RunModelWidget(DockWidget):
             self.set_auto_output(Path(out))
         self._run_layer, self._run_settings = settings["layer"], settings
         self.result, self._progress_state, self._dirty = None, None, False
+        self.resolution.value = ""
         self._refresh_timer.start()
         token = CancelToken()  # Cancel stops between two tile batches; written blocks stay, so Run resumes
         overwrite = self.overwrite.value or answer == "overwrite"
@@ -352,7 +354,9 @@ class RunModelWidget(DockWidget):
             self.viewer.layers.remove(old)
         step = plan.stride if plan.classify else 1
         limits = None if layer.rgb else layer.contrast_limits
-        scale, translate = tuple(layer.scale[-2:]), tuple(layer.translate[-2:])
+        scale, translate = _level_placement(layer, plan.source.shape)
+        choice = plan.resolution
+        self.resolution.value = f"warning: {choice.mismatch}" if choice.mismatch else choice.note
         self.result_layers = []
         for data, meta, kind in _layers.prediction_layers(plan.spec, out, scale=scale, translate=translate,
                                                           step=step, contrast_limits=limits):
@@ -400,7 +404,7 @@ class RunModelWidget(DockWidget):
                                  f"{result.megapixels_per_second:.2f} Mpx/s"
                                  + (f" ({result.blocks_skipped} from an earlier run)" if result.blocks_skipped
                                     else "")
-                                 + result.scaling_note)
+                                 + result.scaling_note + result.resolution_words)
             self.status.tooltip = f"written to {result.path}"
             settings = self._run_settings
             note = synthetic_note(self.load_model(settings["model"], settings["model_file"]), settings["layer"])
@@ -418,3 +422,13 @@ class RunModelWidget(DockWidget):
         self._show_resume()
         if self._estimate_again:
             self._schedule_estimate()
+
+
+def _level_placement(layer: Any, shape: tuple[int, int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """World scale and translate of a prediction of shape ``shape`` over a pyramid level of ``layer``: each pixel
+    spans its level's factor of level-0 pixels, its centre in the middle of them."""
+    h, w = _layers.level0_shape(layer)
+    factors = (h / shape[0], w / shape[1])
+    scale = tuple(s * f for s, f in zip(layer.scale[-2:], factors))
+    translate = tuple(t + (f - 1) / 2 * s for t, s, f in zip(layer.translate[-2:], layer.scale[-2:], factors))
+    return scale, translate
