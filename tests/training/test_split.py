@@ -5,7 +5,7 @@ import numpy as np
 
 from ihc_tile import IGNORE, ihc_tile
 from napari_hires.geometry import Box
-from napari_hires.models import load_model
+from napari_hires.models import create_model, load_model
 from napari_hires.training import TileSampler, TrainSettings, fine_tune
 from napari_hires.training.sampling import Patch
 from napari_hires.training.split import cell_side, split_patches
@@ -52,3 +52,13 @@ def test_too_little_labelled_is_said_and_everything_trains(tmp_path):
     assert "trained on all of it" in job.held_out_note and job.result.held_out is None
     record = load_model(job.path).card.provenance["data"]["held_out"]
     assert record["held_out_pixels"] == 0 and record["training_pixels"] == record["labelled_pixels"] == 128 * 128
+
+
+def test_a_model_with_a_wide_halo_still_gets_a_held_out_score(tmp_path):
+    """A MaxViT's halo (32 px at P = 4) around 64-px cells would leave more labels unused than held out."""
+    image, _, corrections = ihc_tile()
+    model = create_model("maxvit_nano_seg", num_classes=4, window_size=4)
+    assert model.halo == 32
+    job = fine_tune(image, corrections, model, settings=TrainSettings(steps=2, batch=2, tile=TILE, eval_every=2,
+                                                                      bn_batches=0, device="cpu"))
+    assert sorted(job.result.scores) == [0, 2] and "held out" in job.held_out_note
