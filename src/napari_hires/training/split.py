@@ -3,7 +3,7 @@
 Neighbouring pixels look alike, so a random pixel held out would be scored on what training saw beside it. Here the
 training regions are cut into cells of half a training tile; in a seeded random order, cells are held out until they
 hold ``fraction`` of the labelled pixels. No training tile touches a held-out cell or the ``gap`` around it (the
-model's halo, the context it trusts), and a cell is passed over when keeping tiles clear of it would leave more
+model's halo, up to a quarter of a cell: :func:`gap_for`), and a cell is passed over when keeping tiles clear of it would leave more
 labelled pixels unused than it holds itself (a cell between two held-out ones, say). Labelled pixels that no clear
 tile covers train nothing and are scored nothing. With fewer than ``MIN_CELLS`` labelled cells nothing is held out:
 training uses every label and reports no held-out score, and the split's note says so.
@@ -70,6 +70,13 @@ class Split:
 def cell_side(tile: int) -> int:
     """The side of the split's cells for training tiles of ``tile`` px: half a tile, at least 16 px."""
     return max(16, tile // 2)
+
+
+def gap_for(halo: int, tile: int) -> int:
+    """The gap kept between training tiles and held-out cells: the model's halo, but at most a quarter of a cell, so
+    that the ring of labels no tile may use around a held-out cell stays about the cell's size (a MaxViT's halo of
+    32 px around 64-px cells would leave three times the held-out labels unused, and nothing could be held out)."""
+    return min(halo, cell_side(tile) // 4)
 
 
 def _labelled_mask(patch: Patch) -> np.ndarray:

@@ -34,7 +34,7 @@ from napari_hires.training.loop import (
 from napari_hires.training.losses import Objective, segmentation_objective
 from napari_hires.training.sampling import IGNORE_INDEX, Patch, Region, TileSampler, read_patches
 from napari_hires.training.selfsupervised import MASK_RATIO, blind_spot_objective
-from napari_hires.training.split import Split, split_patches
+from napari_hires.training.split import Split, gap_for, split_patches
 
 #: The restoration model trained when the user names none: a one-stage MAXIM small enough for CPU training.
 SELF_SUPERVISED_MODEL = "maxim_nano"
@@ -78,6 +78,8 @@ def trained_card(model: HiresModel, provenance: dict[str, Any], metrics: dict[st
     card = replace(base) if base is not None else card_for(model)
     card.provenance = {**provenance, "previous": base.provenance} if base is not None and base.provenance \
         else dict(provenance)
+    if model.encoder and base is None:  # the pretrained backbone it started from
+        card.provenance["encoder"] = dict(model.encoder)
     card.metrics = dict(metrics or {})
     for key, value in fields.items():
         setattr(card, key, value)
@@ -127,7 +129,7 @@ def _held_out_steps(
 ) -> Generator[StepInfo, None, tuple[TrainResult, Split, dict[str, Any], str]]:
     """Split ``patches``, train on the rest while ``scorer`` scores the held-out cells; returns the result, the
     split, the card's metrics and the held-out note."""
-    split = split_patches(patches, settings.tile, net.halo, fraction=settings.holdout, seed=settings.seed)
+    split = split_patches(patches, settings.tile, gap_for(net.halo, settings.tile), fraction=settings.holdout, seed=settings.seed)
     score = scorer(split) if split.held_out else None
     result = yield from training_steps(net, TileSampler(split.train, settings.tile), objective, settings,
                                        cancel=cancel, held_out=score)
@@ -185,8 +187,13 @@ def fine_tune_steps(
         raise HiresError(f"{base} is a {net.task} model; fine-tuning on labels needs a segmentation "
                          "model (for restoration use the self-supervised mode)")
     base_trained = net.trained is not False
-    base_note = "" if base_trained else untrained_note(
-        net.name, "fine-tuning started from random weights, which needs far more labels and steps than trained ones")
+    if net.encoder and not base_trained:
+        base_note = (f"the head started from random weights and the encoder from {net.encoder['from']}, trained at "
+                     f"{settings.encoder_lr:g} x the learning rate")
+    else:
+        base_note = "" if base_trained else untrained_note(
+            net.name, "fine-tuning started from random weights, which needs far more labels and steps than trained "
+            "ones")
     patches = read_patches(image, labels, level=level, regions=regions, num_classes=net.out_channels,
                            ignore_index=ignore_index, zero_is_unlabelled=zero_is_unlabelled, seed=settings.seed)
     result, split, metrics, note = yield from _held_out_steps(
