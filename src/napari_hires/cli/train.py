@@ -36,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.labels or not args.model:
             raise HiresError("fine-tuning needs LABELS and --model NAME|FILE (or pass --self-supervised to train a "
                              "denoiser on the image alone)")
-        job = fine_tune(image, open_image(args.labels), args.model, args.out, level=args.level, regions=regions,
+        model = args.model
+        if args.encoder:
+            from napari_hires.models import create_model
+
+            model = create_model(args.model, encoder=args.encoder)
+        job = fine_tune(image, open_image(args.labels), model, args.out, level=args.level, regions=regions,
                         zero_is_unlabelled=args.zero_is_unlabelled, settings=settings, callback=report,
                         overwrite=args.overwrite)
     note = "" if job.zero_is_unlabelled is None else f"; {convention_note(job.zero_is_unlabelled)}"
@@ -63,6 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                              "painted on 0 need --zero-is-unlabelled or --zero-is-class)")
     p.add_argument("--model", help="registered name or model file to start from (default for --self-supervised: "
                                    "a small MAXIM)")
+    p.add_argument("--encoder", metavar="FILE",
+                   help="start --model (an architecture such as maxvit_tiny_seg) from this model file's or published "
+                        "checkpoint's backbone; the encoder then trains at --encoder-lr x the learning rate")
     p.add_argument("--out", required=True, help="model file to write (NAME.safetensors + NAME.json)")
     p.add_argument("--self-supervised", action="store_true",
                    help="learn to denoise IMAGE from itself (blind-spot / Noise2Void), no labels")
@@ -88,6 +96,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=None, help="tiles per step (default: 8)")
     p.add_argument("--tile", type=int, default=None, help="training tile side in pixels (default: 256)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.001)")
+    p.add_argument("--encoder-lr", dest="encoder_lr", type=float, default=None,
+                   help="the --encoder's learning rate as a share of --lr (default: 0.1)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     p.add_argument("--device", default=None, help="auto (the default), cuda, mps or cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
