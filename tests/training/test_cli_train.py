@@ -48,3 +48,14 @@ def test_train_self_supervised_writes_a_restoration_model(slide, tmp_path):
 def test_train_without_labels_or_model_is_a_clear_error(slide, tmp_path):
     with pytest.raises(HiresError, match="needs LABELS"):
         _run(str(slide), "--out", str(tmp_path / "m"))
+
+
+def test_train_starts_an_architecture_from_an_encoder(slide, tmp_path, capsys):
+    out = tmp_path / "from_encoder.safetensors"
+    assert _run(str(slide), str(slide / "labels" / "truth"), "--model", "maxvit_nano_seg", "--encoder",
+                "maxvit_nano_seg.synthetic", "--encoder-lr", "0.2", "--out", str(out), "--steps", "2", "--batch", "1",
+                "--tile", "128", "--holdout", "0", "--region", "256", "512", "256", "512") == 0
+    assert "the encoder from maxvit_nano_seg.synthetic, trained at 0.2 x the learning rate" in capsys.readouterr().out
+    card = load_model(out).card
+    assert card.provenance["encoder"]["from"] == "maxvit_nano_seg.synthetic"
+    assert card.provenance["settings"]["encoder_lr"] == 0.2 and card.overrides["window_size"] == 4
