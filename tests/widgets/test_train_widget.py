@@ -172,3 +172,24 @@ def test_scribbles_with_no_convention_chosen_are_refused_in_the_status(make_napa
     _train(widget, qtbot)
     assert widget.status.value.startswith("trained 2 steps") and "0 is unlabelled" in widget.status.value, \
         widget.status.value
+
+
+def test_an_untrained_architecture_can_start_from_an_encoder_file(make_napari_viewer, qtbot, tmp_path, slide):
+    from napari_hires.models import create_model, save_model
+
+    encoder = save_model(create_model("maxvit_nano_seg.synthetic"), tmp_path / "encoder.safetensors")
+    image, truth = slide
+    viewer = make_napari_viewer()
+    viewer.add_image(image, rgb=True, name="slide", scale=(0.5, 0.5), translate=(10.0, 20.0))
+    viewer.add_labels(truth, name="corrected", scale=(0.5, 0.5), translate=(10.0, 20.0))
+    widget = _widget(viewer, qtbot, tmp_path, steps=2, model="hct_tiny_seg.synthetic")
+    assert widget.encoder.native.isHidden()  # trained weights take no encoder (the viewer is not shown)
+    widget.model.value = "maxvit_nano_seg"
+    assert not widget.encoder.native.isHidden()
+    widget.encoder.value = encoder
+    widget.tile.value = 128
+    _train(widget, qtbot)
+    assert widget.status.value.startswith("trained 2 steps"), widget.status.value
+    assert f"the encoder from {encoder}" in widget.status.value
+    card = load_model(tmp_path / "tuned.safetensors").card
+    assert card.provenance["encoder"]["from"] == str(encoder) and card.overrides["window_size"] == 4

@@ -18,7 +18,7 @@ from napari_hires.errors import HiresError
 
 MODEL_FILE = "model file..."
 #: What the model-file chooser offers: napari-hires model files and the published checkpoints it imports.
-MODEL_FILE_FILTER = "*.safetensors *.json *.pth *.pt *.bin *.npz"
+MODEL_FILE_FILTER = "*.safetensors *.json *.pth *.pt *.bin *.ckpt *.npz"
 PROGRESS_MS = 100  # how often a job's progress callback is shown
 
 

@@ -20,6 +20,7 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
+    FileEdit,
     FloatSpinBox,
     Label,
     ProgressBar,
@@ -32,7 +33,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from napari_hires.errors import HiresError
 from napari_hires.widgets import _layers
-from napari_hires.widgets._base import DockWidget, free_path, model_choices
+from napari_hires.widgets._base import MODEL_FILE, MODEL_FILE_FILTER, DockWidget, free_path, model_choices
 from napari_hires.widgets._status import USER_ERRORS, message_rows, report_error
 
 MODES = ("fine-tune segmentation", "self-supervised restoration (no labels needed)")
@@ -99,6 +100,7 @@ class TrainRequest:
     zero_is_unlabelled: bool | None  # None: decided from the labels (scribble-like ones refused)
     settings: Any  # TrainSettings
     cancel: Any = None  # the engine's CancelToken
+    encoder: str | None = None  # a model file or published checkpoint whose backbone the architecture starts from
 
 
 def labels_offset(labels: Any, image: Any) -> tuple[int, int]:
@@ -168,10 +170,15 @@ def train_steps(request: TrainRequest) -> Generator[Any, None, Any]:
     from napari_hires.training import fine_tune_steps, self_supervised_steps
 
     image, labels = read_training_data(request)
+    model = request.model
+    if request.encoder:  # loaded here, off the UI thread, like the model itself
+        from napari_hires.models import create_model
+
+        model = create_model(request.model, encoder=request.encoder)
     if labels is None:
         return (yield from self_supervised_steps(image, request.model, request.out, settings=request.settings,
                                                  cancel=request.cancel, overwrite=request.overwrite))
-    return (yield from fine_tune_steps(image, labels, request.model, request.out,
+    return (yield from fine_tune_steps(image, labels, model, request.out,
                                        zero_is_unlabelled=request.zero_is_unlabelled, settings=request.settings,
                                        cancel=request.cancel, overwrite=request.overwrite))
 
@@ -213,6 +220,10 @@ class TrainWidget(DockWidget):
         self.shapes = self.layer_choice("rectangle", Shapes, nullable=True, visible=False,
                                         tooltip="the selected (else the first) shape of this Shapes layer")
         self.model_section(self._model_choices())
+        self.encoder = FileEdit(label="encoder", mode="r", filter=MODEL_FILE_FILTER, visible=False,
+                                tooltip="optional: start this untrained architecture from the backbone of a model "
+                                        "file or published checkpoint of its family (e.g. timm MaxViT weights); the "
+                                        "encoder trains at a tenth of the learning rate")
         defaults = TrainSettings()  # the form starts where the API and the CLI do
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=defaults.steps,
                              tooltip="the most steps: training stops earlier once the held-out score stops rising")
@@ -233,7 +244,7 @@ class TrainWidget(DockWidget):
         self.curve = LossCurve()
         self._form = Container(widgets=[
             self.mode, self.image, self.labels, self.zero_unlabelled, self.region, self.shapes, self.model,
-            self.model_file, self.steps, self.lr, self.batch, self.tile, self.device, self.output, self.overwrite,
+            self.model_file, self.encoder, self.steps, self.lr, self.batch, self.tile, self.device, self.output, self.overwrite,
             Container(widgets=[self.train_button, self.cancel_button, self.predict_button], layout="horizontal",
                       labels=False),
             self.progress,
@@ -277,7 +288,25 @@ class TrainWidget(DockWidget):
         self.shapes.visible = self.region.value == REGIONS[1]
 
     def _on_model(self, _value: Any = None) -> None:
+        self.encoder.visible = self._takes_encoder()
         self._auto_output()
+
+    def _takes_encoder(self) -> bool:
+        """Whether the chosen model is an untrained architecture being fine-tuned, which an encoder can start."""
+        from napari_hires.models import model_entry
+
+        if self._self_supervised() or self.model.value in (MODEL_FILE, NEW_DENOISER):
+            return False
+        return not model_entry(str(self.model.value)).trained
+
+    def _encoder_choice(self) -> str | None:
+        """The encoder file, when one is given for an architecture that takes it; checked to exist."""
+        path = str(self.encoder.value)
+        if not self._takes_encoder() or path in ("", "."):
+            return None
+        if not Path(path).exists():
+            raise HiresError(f"encoder {path!r} does not exist: choose a model file or published checkpoint")
+        return path
 
     def _auto_output(self, _value: Any = None) -> None:
         """``<image>-<model>-tuned`` in the image's folder, else a temporary one; the next free name."""
@@ -338,7 +367,7 @@ class TrainWidget(DockWidget):
             labels=None if labels is None else _layers.level0(labels),
             offset=(0, 0) if labels is None else labels_offset(labels, image),
             region=self.chosen_region(image, labels), model=self._model_choice(), out=out,
-            overwrite=self.overwrite.value, settings=settings,
+            overwrite=self.overwrite.value, settings=settings, encoder=self._encoder_choice(),
             zero_is_unlabelled=None if self.zero_unlabelled.value == "auto" else self.zero_unlabelled.value,
         )
 
