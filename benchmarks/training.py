@@ -4,12 +4,19 @@ and what fine-tuning gains on a real tile.
     .venv/bin/python benchmarks/training.py                         # CPU: every configuration at tiles 128 and 256
     .venv/bin/python benchmarks/training.py --device cuda --tiles 256 512
     .venv/bin/python benchmarks/training.py --fine-tune             # held-out Dice: the defaults vs 200 fixed steps
+    .venv/bin/python benchmarks/training.py --encoder               # an imported MaxViT encoder vs random init
 
 ``--fine-tune`` fine-tunes ``hct_tiny_seg.synthetic`` on skimage's immunohistochemistry tile (512 x 512, labels by
 colour deconvolution, ``tests/ihc_tile.py``) corrected on its left half, once with the default settings (at most
 1000 steps, a fifth of the corrections held out, early stopping, the best state kept) and once for a fixed 200 steps
 on every correction (the old default), and prints the Dice of the unlabelled right half (never trained on) before
 and after, with the held-out Dice the run itself reported.
+
+``--encoder`` makes a published-format MaxViT encoder (``tests/published_encoder.py``: trained on the tile's top
+half, written under timm's names with a config.json), imports it as the encoder of ``maxvit_nano_seg`` and
+fine-tunes on the bottom-left quarter, against the same fine-tuning from random initialisation, at several step
+budgets (same seed, held-out cells, best state kept); it prints the best held-out Dice and the Dice of the
+bottom-right quarter, which neither the encoder nor the fine-tuning saw.
 
 Each row runs ``napari_hires.training.train`` (AdamW, augmentation, gradient clipping; autocast on CUDA) on tiles
 sampled from a rendered region of the synthetic slide, in a fresh process so that its peak memory is its own:
@@ -168,6 +175,43 @@ def fine_tune_table(device: str, model: str = "hct_tiny_seg.synthetic") -> None:
               f"| {before[3]:.3f} -> {after[3]:.3f} |", flush=True)
 
 
+ENCODER_BUDGETS = (10, 40, 160)
+
+
+def encoder_table(device: str) -> None:
+    """Held-out and unseen-quarter Dice of fine-tuning from an imported encoder vs from random initialisation."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from ihc_tile import ihc_tile
+    from published_encoder import NANO, bottom_left_corrections, write_published_maxvit
+
+    from napari_hires.models import create_model
+    from napari_hires.training import TrainSettings, dice_per_class, fine_tune, predict_box
+
+    image, truth, _ = ihc_tile()
+    h, w = truth.shape
+    quarter = (h // 2, h, w // 2, w)
+    encoder = write_published_maxvit(Path(tempfile.mkdtemp()), device=device)
+    print(f"\nmaxvit_nano_seg (P = 4) on skimage immunohistochemistry, fine-tuned on the bottom-left quarter; the "
+          f"encoder was trained on the top half and imported from {encoder.name} (timm names)\n")
+    print("| steps | start | held-out Dice before -> best (step) | unseen quarter mean Dice | s |")
+    print("|---|---|---|---|---|")
+    for steps in ENCODER_BUDGETS:
+        for start in ("imported encoder", "random init"):
+            model = (create_model("maxvit_nano_seg", encoder=encoder, num_classes=NANO["num_classes"])
+                     if start == "imported encoder" else create_model("maxvit_nano_seg", **NANO))
+            job = fine_tune(image, bottom_left_corrections(), model, settings=TrainSettings(
+                steps=steps, batch=4, tile=128, lr=1e-3, eval_every=max(steps // 4, 1), patience=0, bn_batches=4,
+                device=device))
+            scores = {k: v for k, v in job.result.scores.items() if k}
+            best = max(scores, key=scores.get)
+            unseen = dice_per_class(predict_box(job.model, image, quarter, device=device),
+                                    truth[quarter[0]:, quarter[2]:], NANO["num_classes"])
+            print(f"| {steps} | {start} | {job.result.scores[0]:.3f} -> {scores[best]:.3f} ({best}) "
+                  f"| {np.mean(list(unseen.values())):.3f} | {job.result.seconds:.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names from: " + ", ".join(CONFIGS))
@@ -176,6 +220,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fine-tune", action="store_true", help="the held-out Dice table instead (see above)")
+    parser.add_argument("--encoder", action="store_true",
+                        help="imported encoder vs random initialisation instead (see above)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,6 +233,9 @@ def main() -> None:
           f"device {args.device}")
     if args.fine_tune:
         fine_tune_table(args.device)
+        return
+    if args.encoder:
+        encoder_table(args.device)
         return
     print("\n| configuration | params | tile x batch | step s | train px/s | train/infer | peak MB above start "
           "| peak x (tile 2t / t) |")
