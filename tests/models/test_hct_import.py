@@ -3,7 +3,6 @@ through the importer and create_model; the configuration read from the file; the
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +11,11 @@ import torch
 from napari_hires.errors import HiresError
 from napari_hires.models import create_model
 from napari_hires.models.importers import import_checkpoint
+from reference import REFERENCE, rel
 
-REFERENCE = Path("/work/shared/reference")
 CHECKPOINT = REFERENCE / "hct_official.pth"
 pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file(), reason="the reference fixtures are not on this machine")
 
-
-def _rel(ref: np.ndarray, got: torch.Tensor) -> float:
-    return float(np.abs(ref - got.detach().numpy()).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +41,17 @@ def test_the_official_checkpoint_reproduces_the_official_logits_and_stage_output
     official.update({f"ac_stages.layer_list.{s}": model.backbone.stages[3 + s] for s in range(2)})
     for name, module in official.items():
         module.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out))
-    assert _rel(logits, _run(model, image)) <= 1e-5
+    assert rel(logits, _run(model, image)) <= 1e-5
     with np.load(REFERENCE / "hct_intermediates.npz", allow_pickle=False) as ref:
         assert sorted(ref.files) == sorted(seen)
         for name in ref.files:
-            assert _rel(ref[name], seen[name]) <= 1e-5, name
+            assert rel(ref[name], seen[name]) <= 1e-5, name
 
 
 def test_create_model_takes_the_card_less_checkpoint(image, logits):
     model = create_model(CHECKPOINT)
     assert model.trained and model.architecture == "hct_base"
-    assert _rel(logits, _run(model, image)) <= 1e-5
+    assert rel(logits, _run(model, image)) <= 1e-5
 
 
 def test_the_card_names_the_source_and_reads_16_bit_images_as_they_are():

@@ -13,8 +13,8 @@ from napari_hires import cli
 from napari_hires.errors import HiresError
 from napari_hires.models.checkpoints import read_checkpoint
 from napari_hires.models.importers import import_checkpoint
+from reference import REFERENCE
 
-REFERENCE = Path("/work/shared/reference")
 HCT = REFERENCE / "hct_official.pth"
 pytestmark = pytest.mark.skipif(not HCT.is_file(), reason="the reference fixtures are not on this machine")
 

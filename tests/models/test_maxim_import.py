@@ -16,8 +16,8 @@ import torch
 from napari_hires.errors import HiresError
 from napari_hires.models.checkpoints import Checkpoint
 from napari_hires.models.importers import import_checkpoint
+from reference import REFERENCE
 
-REFERENCE = Path("/work/shared/reference")  # the official-format fixtures and outputs (its README describes them)
 CHECKPOINT = REFERENCE / "maxim_official.npz"
 TOLERANCE = 1e-5  # rel = max|ref - got| / max|ref|, float32 on a CPU (the README measured <= 3.4e-6)
 

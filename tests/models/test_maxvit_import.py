@@ -19,14 +19,11 @@ from napari_hires.models import count_parameters, create_model
 from napari_hires.models.importers import import_checkpoint
 from napari_hires.models.maxvit import MaxViTBackbone, MaxViTConfig
 from napari_hires.models.published.maxvit import maxvit_tensor_map
+from reference import REFERENCE, rel
 
-REFERENCE = Path("/work/shared/reference")
 WEIGHTS, CONFIG = REFERENCE / "maxvit_timm.safetensors", REFERENCE / "maxvit_timm_config.json"
 pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="the reference fixtures are not on this machine")
 
-
-def _rel(ref: np.ndarray, got: torch.Tensor) -> float:
-    return float(np.abs(ref - got.detach().numpy()).max() / np.abs(ref).max())
 
 
 @pytest.fixture
@@ -54,11 +51,11 @@ def test_the_fixture_with_its_config_json_reproduces_timms_logits_and_stages(hf_
         model.backbone.stages[i].register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(f"stages.{i}", out))
     model.head.pre_logits.register_forward_hook(lambda m, a, out: seen.__setitem__("head.pre_logits", out.tanh()))
     logits = _logits(model, image)
-    assert _rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), logits) <= 1e-5
+    assert rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), logits) <= 1e-5
     with np.load(REFERENCE / "maxvit_intermediates.npz", allow_pickle=False) as ref:
         assert sorted(ref.files) == sorted(seen)
         for name in ref.files:
-            assert _rel(ref[name], seen[name]) <= 1e-5, name
+            assert rel(ref[name], seen[name]) <= 1e-5, name
 
 
 def test_the_card_says_source_task_classes_normalisation_and_tiling(hf_dir):
@@ -80,13 +77,13 @@ def test_napari_hires_import_writes_a_model_file_that_create_model_loads(hf_dir,
     assert "maxvit_tiny_tf_224" in capsys.readouterr().out
     loaded = create_model(out)
     assert loaded.card.provenance["imported_from"]["name"] == "maxvit_tiny_tf_224"
-    assert _rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(loaded, image)) <= 1e-5
+    assert rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(loaded, image)) <= 1e-5
 
 
 def test_create_model_takes_the_checkpoint_itself(hf_dir, image):
     model = create_model(hf_dir / "model.safetensors")
     assert model.trained and model.architecture == "maxvit_tiny_tf_224"
-    assert _rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(model, image)) <= 1e-5
+    assert rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(model, image)) <= 1e-5
 
 
 def test_without_config_json_the_configuration_comes_from_the_tensor_shapes(tmp_path, image):
@@ -96,14 +93,14 @@ def test_without_config_json_the_configuration_comes_from_the_tensor_shapes(tmp_
     cfg = model.config
     assert (cfg.stem_width, cfg.depths, cfg.widths, cfg.head_size, cfg.window_size, cfg.num_classes) == (
         16, (1, 2, 1, 1), (32, 48, 64, 96), 16, 8, 2)
-    assert _rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(model, image)) <= 1e-5
+    assert rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(model, image)) <= 1e-5
 
 
 def test_a_pth_state_dict_imports_like_the_safetensors_file(tmp_path, image):
     torch.save(load_file(WEIGHTS), tmp_path / "pytorch_model.pth")  # timm's torch.save(model.state_dict())
     model = import_checkpoint(tmp_path / "pytorch_model.pth")
     assert model.card.provenance["imported_from"]["format"] == "torch"
-    assert _rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(model, image)) <= 1e-5
+    assert rel(np.load(REFERENCE / "maxvit_output.npy", allow_pickle=False), _logits(model, image)) <= 1e-5
 
 
 def test_model_args_our_maxvit_does_not_have_are_refused(hf_dir):
@@ -142,7 +139,7 @@ def test_a_checkpoint_without_classifier_imports_as_an_encoder_for_a_segmenter(t
         maps = encoder.backbone.forward_features(image)
     with np.load(REFERENCE / "maxvit_intermediates.npz", allow_pickle=False) as ref:
         for i in (1, 2, 3):
-            assert _rel(ref[f"stages.{i}"], maps[i]) <= 1e-5  # maps 0..3: strides 4..32 = stages 0..3
+            assert rel(ref[f"stages.{i}"], maps[i]) <= 1e-5  # maps 0..3: strides 4..32 = stages 0..3
     seg = create_model("maxvit_tiny_seg", encoder=tmp_path / "features.safetensors", num_classes=3)
     assert seg.config.widths == (32, 48, 64, 96) and seg.config.padding == "same" and seg.out_channels == 3
     assert all(torch.equal(seg.backbone.state_dict()[k], v) for k, v in encoder.backbone.state_dict().items())

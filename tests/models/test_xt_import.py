@@ -5,7 +5,6 @@ region encoder, random weights) reproduced through the importer and create_model
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,14 +14,11 @@ from napari_hires import cli
 from napari_hires.errors import HiresError
 from napari_hires.models import create_model
 from napari_hires.models.importers import import_checkpoint
+from reference import REFERENCE, rel
 
-REFERENCE = Path("/work/shared/reference")
 CHECKPOINT = REFERENCE / "xt_official.pth"
 pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file(), reason="the reference fixtures are not on this machine")
 
-
-def _rel(ref: np.ndarray, got: torch.Tensor) -> float:
-    return float(np.abs(ref - got.detach().numpy()).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +48,17 @@ def test_the_official_checkpoint_reproduces_the_official_logits_and_context_enco
     context.input_proj.register_forward_hook(lambda m, a, out: seen.__setitem__("decoder.input_proj", out))
     for i, layer in enumerate(context.layers):
         layer.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(f"decoder.layers.{i}", out))
-    assert _rel(logits, _run(model, image)) <= 1e-5
+    assert rel(logits, _run(model, image)) <= 1e-5
     with np.load(REFERENCE / "xt_intermediates.npz", allow_pickle=False) as ref:
         assert sorted(ref.files) == sorted(seen)
         for name in ref.files:
-            assert _rel(ref[name], seen[name]) <= 1e-5, name
+            assert rel(ref[name], seen[name]) <= 1e-5, name
 
 
 def test_create_model_takes_the_card_less_checkpoint(image, logits):
     model = create_model(CHECKPOINT)
     assert model.trained and model.card.provenance["imported_from"]["family"] == "xt"
-    assert _rel(logits, _run(model, image)) <= 1e-5
+    assert rel(logits, _run(model, image)) <= 1e-5
 
 
 def test_napari_hires_import_writes_a_model_file_that_loads_as_the_published_model(tmp_path, image, logits):
@@ -71,7 +67,7 @@ def test_napari_hires_import_writes_a_model_file_that_loads_as_the_published_mod
     assert cli.main(["import", str(CHECKPOINT), "--out", str(out)]) == 0
     loaded = create_model(out)
     assert loaded.card.provenance["imported_from"]["file"] == CHECKPOINT.name
-    assert _rel(logits, _run(loaded, image)) <= 1e-5
+    assert rel(logits, _run(loaded, image)) <= 1e-5
 
 
 def test_the_configuration_comes_from_the_file():
@@ -99,7 +95,7 @@ def test_an_architecture_name_fixes_the_window_of_regions(image, logits):
     model = import_checkpoint(CHECKPOINT, "xt_nano_cls")
     assert model.card.architecture == "xt_nano_cls" and model.config.window_regions == 8
     assert (model.card.tile_size, model.card.halo) == (1024, 0)
-    assert _rel(logits, _run(model, image)) <= 1e-5
+    assert rel(logits, _run(model, image)) <= 1e-5
 
 
 def test_an_architecture_whose_regions_differ_from_the_files_is_refused():
@@ -111,7 +107,7 @@ def test_an_architecture_whose_regions_differ_from_the_files_is_refused():
 def test_the_released_ckpt_suffix_is_read(tmp_path, logits, image):
     """The xT trainer writes .ckpt files (torch.save payloads), as the release ships them."""
     shutil.copy(CHECKPOINT, tmp_path / "xt-top1.ckpt")
-    assert _rel(logits, _run(import_checkpoint(tmp_path / "xt-top1.ckpt"), image)) <= 1e-5
+    assert rel(logits, _run(import_checkpoint(tmp_path / "xt-top1.ckpt"), image)) <= 1e-5
 
 
 def test_a_released_xt_with_a_swin_region_encoder_is_refused_clearly(tmp_path):
