@@ -88,13 +88,23 @@ def registered_name(architecture: str | None, default: str, pattern: str, task: 
                      f"{', '.join(known)}")
 
 
+def configured(name: str, found: dict[str, Any] | None = None) -> Any:
+    """The configuration of the registered ``name`` with the fields a checkpoint gave (``found``) applied, without
+    building the model's weights."""
+    from dataclasses import replace
+
+    from napari_hires.models.registry import create_model
+
+    with torch.device("meta"):  # only the configuration is wanted: no memory, no time
+        return replace(create_model(name).config, **(found or {}))
+
+
 def build_configured(name: str, found: dict[str, Any]) -> HiresModel:
     """``create_model(name)`` with the configuration fields a checkpoint gave (``found``); only those that differ
     from ``name``'s become overrides, so the card records exactly what the file changed."""
     from napari_hires.models.registry import create_model
 
-    with torch.device("meta"):  # only the configuration is wanted: no memory, no time
-        base = create_model(name).config
+    base = configured(name)
     return create_model(name, **{k: v for k, v in found.items() if v != getattr(base, k)})
 
 

@@ -14,7 +14,7 @@ the backbone itself) and any place the timm tensors sit in a file (a prefix, tim
 from __future__ import annotations
 
 import re
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 from napari_hires.errors import HiresError
 from napari_hires.models.card import Normalization
 from napari_hires.models.checkpoints import Checkpoint, TensorMap
-from napari_hires.models.importers import Conversion, register_importer
+from napari_hires.models.importers import Conversion, build_configured, configured, register_importer
 from napari_hires.models.maxvit import TF_SIZES, MaxViTConfig, tf_name
 
 _PAPER = "MaxViT (Tu et al., ECCV 2022)"
@@ -96,27 +96,23 @@ def convert(checkpoint: Checkpoint, architecture: str | None) -> Conversion:
     """The napari-hires MaxViT a timm checkpoint holds: classifier, or FPN segmenter around a classifier-less
     backbone, configured from config.json, the architecture name or the tensor shapes."""
     from napari_hires.models.encoders import HEAD_FIELDS
-    from napari_hires.models.registry import create_model
 
     tensors = checkpoint.tensors
     flat = any(k.startswith("stages_") for k in tensors)
     config = checkpoint.meta.get("config")
     config = config if isinstance(config, dict) and "architecture" in config else None
     name, how, found = _configuration(checkpoint, config, architecture, flat)
-    base = _config_of(name)
-    target = replace(base, **found)
+    target = configured(name, found)
     source = {"name": name, "code": f"timm {name}", "paper": _PAPER, "configuration": how}
     card = {"normalization": _normalization(config, name), "tile_size": 32 * target.window_size}
     if "head.fc.weight" in tensors:
-        model = create_model(name, **_differences(target, base))
         card.update(halo=0, class_names=_class_names(config, target.num_classes),
                     description=f"{name} imported from timm ({target.num_classes} classes, {card['tile_size']} px)")
+        model = build_configured(name, found)
         return Conversion(model, TensorMap(maxvit_tensor_map(model, flat_stages=flat)), card,
                           {**source, "task": "classification"})
-    seg = _config_of(_ENCODER_BASE)  # the segmenter keeps its head fields, the file gives the backbone (and channels)
-    head = HEAD_FIELDS["maxvit"] - {"in_channels"}
-    model = create_model(_ENCODER_BASE, **_differences(
-        replace(seg, **{k: v for k, v in _as_dict(target).items() if k not in head}), seg))
+    head = HEAD_FIELDS["maxvit"] - {"in_channels"}  # the segmenter keeps its head, the file gives the backbone
+    model = build_configured(_ENCODER_BASE, {k: v for k, v in _as_dict(target).items() if k not in head})
     sources = maxvit_tensor_map(model, flat_stages=flat)
     card["description"] = (f"the {name} backbone imported from timm (no classifier in the file) with a new, untrained "
                            f"FPN decoder: use it as the encoder of a segmenter ({_ENCODER_BASE}, encoder=FILE)")
@@ -139,7 +135,7 @@ def _configuration(checkpoint: Checkpoint, config: dict[str, Any] | None, archit
     if architecture is not None:
         head = tensors.get("head.fc.weight")
         return _registered(architecture), "--architecture", {} if head is None else {"num_classes": head.shape[0]}
-    found = _from_shapes(tensors, "_" if flat else ".")
+    found = backbone_shapes(tensors, "_" if flat else ".")
     return _published_name(found), "tensor shapes", found
 
 
@@ -155,20 +151,8 @@ def _registered(name: str) -> str:
                      f"{', '.join(n for n in known if '_tf_' in n)}")
 
 
-def _config_of(name: str) -> MaxViTConfig:
-    from napari_hires.models.registry import create_model
-
-    with torch.device("meta"):  # only the configuration is wanted: no memory, no time
-        return create_model(name).config
-
-
 def _as_dict(cfg: MaxViTConfig) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-
-
-def _differences(cfg: MaxViTConfig, base: MaxViTConfig) -> dict[str, Any]:
-    """The overrides that turn ``base`` into ``cfg`` (what the card records to rebuild the model)."""
-    return {k: v for k, v in _as_dict(cfg).items() if v != getattr(base, k)}
 
 
 def _pair(key: str, value: Any) -> int:
@@ -205,7 +189,7 @@ def _model_args(args: dict[str, Any], num_classes: Any) -> dict[str, Any]:
     return out
 
 
-def _from_shapes(tensors: dict[str, torch.Tensor], sep: str) -> dict[str, Any]:
+def backbone_shapes(tensors: dict[str, torch.Tensor], sep: str) -> dict[str, Any]:
     """The configuration fields the tensor shapes give: stem, widths, depths, heads and window per stage."""
     def shape(name: str) -> tuple[int, ...]:
         if name not in tensors:

@@ -17,14 +17,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import torch
 from torch import nn
 
 from napari_hires.errors import HiresError
 from napari_hires.models.card import Normalization
 from napari_hires.models.checkpoints import Checkpoint, TensorMap
-from napari_hires.models.importers import Conversion, build_configured, register_importer, registered_name
-from napari_hires.models.published.maxvit import _from_shapes, maxvit_tensor_map
+from napari_hires.models.importers import (
+    Conversion,
+    build_configured,
+    configured,
+    register_importer,
+    registered_name,
+)
+from napari_hires.models.published.maxvit import backbone_shapes, maxvit_tensor_map
 
 _PAPER = "xT (Gupta et al., ICML 2024)"
 _REGION = "encoder.model."  # the release's backbone wrapper keeps its timm network as .model, xT keeps it as .encoder
@@ -79,7 +84,7 @@ def _refuse_unsupported(checkpoint: Checkpoint) -> None:
 def _configuration(checkpoint: Checkpoint) -> dict[str, Any]:
     """Our XTConfig fields the file gives: context encoder, classes, region encoder (and so the region side)."""
     tensors = checkpoint.tensors
-    region = _from_shapes({k.removeprefix(_REGION): v for k, v in tensors.items() if k.startswith(_REGION)}, "_")
+    region = backbone_shapes({k.removeprefix(_REGION): v for k, v in tensors.items() if k.startswith(_REGION)}, "_")
     in_channels = region.pop("in_channels")
     layers = {int(m.group(1)) for k in tensors if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
     return {
@@ -93,12 +98,9 @@ def _configuration(checkpoint: Checkpoint) -> dict[str, Any]:
 
 def _region_fields(name: str, found: dict[str, Any], architecture: str | None) -> dict[str, Any]:
     """The region side and tile (window of regions): the architecture's, checked against the file, else defaults."""
-    from napari_hires.models.registry import create_model
-
     if architecture is None:
         return {**found, "window_regions": _WINDOW_REGIONS}
-    with torch.device("meta"):
-        side = create_model(name).config.region_size
+    side = configured(name).region_size
     if side != found["region_size"]:
         raise HiresError(f"{name} has regions of {side} px, but the file's MaxViT region encoder has windows of "
                          f"{found['region_encoder_args']['window_size']} and so regions of {found['region_size']} px; "
